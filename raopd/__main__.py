@@ -1,0 +1,5 @@
+"""`python -m raopd` runs the command-line interface."""
+
+from raopd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Pure media transforms over third-party libraries: crypto, decoding, PCM maths."""

@@ -1,0 +1,1 @@
+"""Audio sinks (ALSA, file) and the one audio output thread."""
