@@ -19,3 +19,7 @@ class ConfigError(RaopError):
 
 class OutputError(RaopError):
     """The audio output could not be opened or configured."""
+
+
+class CaptureError(RaopError):
+    """A packet capture file could not be read."""

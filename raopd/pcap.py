@@ -1,0 +1,203 @@
+"""A small reader for classic pcap files, enough to replay a recorded RAOP session.
+
+It understands the classic (libpcap 2.4) format in either byte order, with micro- or
+nanosecond timestamps, over Ethernet (with 802.1Q tags), Linux cooked capture (v1 and v2),
+BSD loopback and raw IP link types, carrying IPv4 or IPv6 with UDP or TCP. TCP payloads are
+reassembled per direction in sequence order (duplicates and retransmissions dropped), which
+is all RTSP needs. pcapng is not read: `tcpdump -w` writes classic pcap, and Wireshark saves it
+with "Save As… pcap".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Literal
+
+from raopd.errors import CaptureError
+
+Address = tuple[str, int]
+
+_MAGIC_USEC = 0xA1B2C3D4
+_MAGIC_NSEC = 0xA1B23C4D
+_PCAPNG_MAGIC = 0x0A0D0D0A
+
+# Link-layer header types (www.tcpdump.org/linktypes.html).
+_LINK_NULL = 0
+_LINK_ETHERNET = 1
+_LINK_RAW = 101
+_LINK_LINUX_SLL = 113
+_LINK_LOOP = 108
+_LINK_IPV4 = 228
+_LINK_IPV6 = 229
+_LINK_LINUX_SLL2 = 276
+
+_ETH_IPV4 = 0x0800
+_ETH_IPV6 = 0x86DD
+_ETH_VLAN = (0x8100, 0x88A8)
+
+_PROTO_TCP = 6
+_PROTO_UDP = 17
+
+_TCP_SYN = 0x02
+_TCP_FIN = 0x01
+
+# A record larger than this is not a network packet: the file is corrupt.
+_MAX_RECORD_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """One UDP datagram, or one in-order chunk of a TCP stream."""
+
+    time: float
+    transport: Literal["udp", "tcp"]
+    src: Address
+    dst: Address
+    payload: bytes
+
+
+@dataclass(slots=True)
+class _TcpDirection:
+    next_seq: int | None = None
+    pending: dict[int, bytes] | None = None
+
+
+def read_pcap(stream: BinaryIO) -> Iterator[Datagram]:
+    """Yield the UDP datagrams and reassembled TCP payload chunks of a capture, in file order.
+
+    Raises CaptureError for a file that is not a classic pcap or is cut inside its header.
+    A truncated final record is ignored (tcpdump killed mid-write leaves one).
+    """
+    header = stream.read(24)
+    if len(header) < 24:
+        raise CaptureError("not a pcap file: shorter than the 24-byte file header")
+    magic_le = struct.unpack("<I", header[:4])[0]
+    if magic_le == _PCAPNG_MAGIC:
+        raise CaptureError("pcapng is not supported: save the capture as classic pcap")
+    for endian in ("<", ">"):
+        magic = struct.unpack(endian + "I", header[:4])[0]
+        if magic in (_MAGIC_USEC, _MAGIC_NSEC):
+            break
+    else:
+        raise CaptureError(f"not a pcap file: unknown magic 0x{magic_le:08x}")
+    divisor = 1e9 if magic == _MAGIC_NSEC else 1e6
+    linktype = struct.unpack(endian + "I", header[20:24])[0] & 0x0FFFFFFF
+    record_header = struct.Struct(endian + "IIII")
+    tcp: dict[tuple[Address, Address], _TcpDirection] = {}
+    while True:
+        raw = stream.read(16)
+        if len(raw) < 16:
+            return
+        seconds, fraction, captured, _original = record_header.unpack(raw)
+        if captured > _MAX_RECORD_BYTES:
+            raise CaptureError(f"corrupt pcap: a record claims {captured} bytes")
+        frame = stream.read(captured)
+        if len(frame) < captured:
+            return
+        when = seconds + fraction / divisor
+        ip = _strip_link(linktype, frame)
+        if ip is None:
+            continue
+        yield from _decode_ip(when, ip, tcp)
+
+
+def _strip_link(linktype: int, frame: bytes) -> bytes | None:
+    """The IP packet inside a link-layer frame, or None for anything else."""
+    if linktype == _LINK_ETHERNET:
+        offset = 12
+        while len(frame) >= offset + 2:
+            ethertype = int.from_bytes(frame[offset : offset + 2], "big")
+            if ethertype in _ETH_VLAN:
+                offset += 4
+                continue
+            return frame[offset + 2 :] if ethertype in (_ETH_IPV4, _ETH_IPV6) else None
+        return None
+    if linktype == _LINK_LINUX_SLL:
+        return frame[16:] if len(frame) >= 16 else None
+    if linktype == _LINK_LINUX_SLL2:
+        return frame[20:] if len(frame) >= 20 else None
+    if linktype in (_LINK_NULL, _LINK_LOOP):
+        return frame[4:] if len(frame) >= 4 else None
+    if linktype in (_LINK_RAW, _LINK_IPV4, _LINK_IPV6):
+        return frame
+    raise CaptureError(f"unsupported pcap link type {linktype}")
+
+
+def _decode_ip(
+    when: float, ip: bytes, tcp: dict[tuple[Address, Address], _TcpDirection]
+) -> Iterator[Datagram]:
+    if not ip:
+        return
+    version = ip[0] >> 4
+    if version == 4:
+        if len(ip) < 20:
+            return
+        header_len = (ip[0] & 0x0F) * 4
+        total = int.from_bytes(ip[2:4], "big")
+        flags_fragment = int.from_bytes(ip[6:8], "big")
+        if flags_fragment & 0x3FFF:
+            return  # fragments are not reassembled; RAOP datagrams never fragment on a LAN
+        proto = ip[9]
+        src_ip = str(ipaddress.IPv4Address(ip[12:16]))
+        dst_ip = str(ipaddress.IPv4Address(ip[16:20]))
+        body = ip[header_len : total if total else len(ip)]
+    elif version == 6:
+        if len(ip) < 40:
+            return
+        proto = ip[6]
+        payload_len = int.from_bytes(ip[4:6], "big")
+        src_ip = str(ipaddress.IPv6Address(ip[8:24]))
+        dst_ip = str(ipaddress.IPv6Address(ip[24:40]))
+        body = ip[40 : 40 + payload_len]
+    else:
+        return
+    if proto == _PROTO_UDP and len(body) >= 8:
+        src_port, dst_port, length = struct.unpack("!HHH", body[:6])
+        payload = body[8:length] if length >= 8 else body[8:]
+        yield Datagram(when, "udp", (src_ip, src_port), (dst_ip, dst_port), bytes(payload))
+    elif proto == _PROTO_TCP and len(body) >= 20:
+        src_port, dst_port, seq = struct.unpack("!HHI", body[:8])
+        data_offset = (body[12] >> 4) * 4
+        flags = body[13]
+        payload = bytes(body[data_offset:])
+        key = ((src_ip, src_port), (dst_ip, dst_port))
+        direction = tcp.setdefault(key, _TcpDirection())
+        for chunk in _reassemble(direction, seq, flags, payload):
+            yield Datagram(when, "tcp", key[0], key[1], chunk)
+
+
+def _reassemble(direction: _TcpDirection, seq: int, flags: int, payload: bytes) -> Iterator[bytes]:
+    """Deliver TCP payload in sequence order, once, whatever order segments were captured in."""
+    if flags & _TCP_SYN:
+        direction.next_seq = (seq + 1) & 0xFFFFFFFF
+        direction.pending = {}
+        if not payload:
+            return
+        seq = direction.next_seq
+    if direction.next_seq is None:
+        # The capture started mid-stream: take the first segment seen as the start.
+        direction.next_seq = seq
+        direction.pending = {}
+    if not payload:
+        return
+    assert direction.pending is not None
+    direction.pending.setdefault(seq, payload)
+    while direction.pending:
+        expected = direction.next_seq
+        ready = None
+        for start in list(direction.pending):
+            offset = (expected - start) & 0xFFFFFFFF
+            data = direction.pending[start]
+            if offset < len(data):
+                ready = data[offset:]
+                del direction.pending[start]
+                break
+            if offset < 0x80000000:
+                del direction.pending[start]  # wholly before what was delivered: a retransmission
+        if ready is None:
+            return
+        direction.next_seq = (expected + len(ready)) & 0xFFFFFFFF
+        yield ready
