@@ -1,0 +1,100 @@
+"""Events that leave the core: facts, named in the past tense, as frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from raopd.core.clock import ClockEstimate
+    from raopd.core.dmap import TrackMetadata
+    from raopd.core.sdp import StreamParams
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStarted:
+    """RECORD was accepted: audio for `params` starts at `rtptime` (when the sender said)."""
+
+    params: StreamParams
+    rtptime: int | None
+    user_agent: str
+    client_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioReady:
+    """Decoded audio, in RTP order, one block per packet; `lost` blocks are silence."""
+
+    rtptime: int
+    pcm: npt.NDArray[np.int16]
+    lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Flushed:
+    """Audio before `until_rtptime` is to be dropped (None: everything queued)."""
+
+    until_rtptime: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClockUpdated:
+    """A new estimate of when each RTP frame should be heard."""
+
+    estimate: ClockEstimate
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeChanged:
+    """The sender's volume slider: -30.0 (quietest) to 0.0, or -144.0 for mute."""
+
+    volume: float
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataReceived:
+    """Track metadata (DMAP), applying from `rtptime` when the sender said."""
+
+    metadata: TrackMetadata
+    rtptime: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ArtworkReceived:
+    """Cover art; `content_type` image/none with empty data clears it."""
+
+    content_type: str
+    data: bytes
+    rtptime: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressReceived:
+    """Track position as RTP timestamps: start, current, end."""
+
+    start: int
+    current: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """The session is over: TEARDOWN, connection closed, timed out, or interrupted."""
+
+    reason: str
+
+
+Event = (
+    StreamStarted
+    | AudioReady
+    | Flushed
+    | ClockUpdated
+    | VolumeChanged
+    | MetadataReceived
+    | ArtworkReceived
+    | ProgressReceived
+    | SessionEnded
+)

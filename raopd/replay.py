@@ -1,0 +1,250 @@
+"""`raopd replay`: run a recorded session through the sans-I/O core, offline.
+
+A capture holds both directions of a session between some sender and some receiver. Replay
+takes the receiver's place: the sender's RTSP requests and its UDP datagrams to the receiver's
+ports are fed, with their capture times as `now`, to a RaopSession, exactly as the daemon
+would feed them; the audio it releases is written to a WAV or raw S16_LE file. What the
+original receiver sent (its responses, timing and resend requests) is only read to learn its
+UDP ports. A user debugging a sender can run this on their own tcpdump.
+"""
+
+from __future__ import annotations
+
+import re
+import wave
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from raopd.core.events import (
+    ArtworkReceived,
+    AudioReady,
+    Event,
+    Flushed,
+    MetadataReceived,
+    ProgressReceived,
+    SessionEnded,
+    StreamStarted,
+    VolumeChanged,
+)
+from raopd.core.session import Channel, RaopSession, ReceiverInfo, SessionPorts
+from raopd.errors import CaptureError
+from raopd.pcap import Datagram, read_pcap
+
+RTSP_METHODS = (
+    b"OPTIONS ",
+    b"ANNOUNCE ",
+    b"SETUP ",
+    b"RECORD ",
+    b"GET ",
+    b"POST ",
+    b"SET_PARAMETER ",
+    b"GET_PARAMETER ",
+    b"FLUSH ",
+    b"TEARDOWN ",
+)
+_TRANSPORT_PORTS = re.compile(rb"Transport:[^\r\n]*", re.IGNORECASE)
+_PORT_OPTION = re.compile(rb"(control_port|timing_port|server_port)=(\d+)")
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    """What a replay saw, for the one-screen summary and for tests."""
+
+    capture: str
+    user_agent: str = ""
+    client_name: str = ""
+    codec: str = "?"
+    encrypted: bool = False
+    requests: list[str] = field(default_factory=list)
+    audio_packets: int = 0
+    resent_packets: int = 0
+    duplicates: int = 0
+    late: int = 0
+    missing: int = 0
+    lost: int = 0
+    resend_requests: int = 0
+    bad_datagrams: int = 0
+    frames_out: int = 0
+    silent_frames: int = 0
+    flushes: int = 0
+    volume: float | None = None
+    metadata: list[str] = field(default_factory=list)
+    artwork_bytes: int = 0
+    progress: tuple[int, int, int] | None = None
+    ended: str = ""
+
+    def render(self) -> str:
+        """The one-screen summary."""
+        seconds = self.frames_out / 44100
+        lines = [
+            f"capture        {self.capture}",
+            f"sender         {self.user_agent or '?'}"
+            + (f" ({self.client_name})" if self.client_name else ""),
+            f"codec          {self.codec}, {'encrypted (RSA + AES)' if self.encrypted else 'not encrypted'}",
+            f"requests       {', '.join(self.requests)}",
+            f"audio packets  {self.audio_packets} ({self.resent_packets} resent, "
+            f"{self.duplicates} duplicates, {self.late} late)",
+            f"gaps           {self.missing} packets missing, {self.lost} never repaired, "
+            f"{self.resend_requests} resend requests",
+            f"bad datagrams  {self.bad_datagrams}",
+            f"frames out     {self.frames_out} ({seconds:.3f} s, {self.silent_frames} silent "
+            "for losses)",
+            f"flushes        {self.flushes}",
+            f"volume         {self.volume if self.volume is not None else '-'}",
+            f"metadata       {'; '.join(self.metadata) or '-'}",
+            f"artwork        {self.artwork_bytes} bytes" if self.artwork_bytes else "artwork        -",
+            f"progress       {'/'.join(map(str, self.progress)) if self.progress else '-'}",
+            f"ended          {self.ended or 'end of capture'}",
+        ]
+        return "\n".join(lines)
+
+
+class _Sink:
+    """Writes S16_LE frames to a WAV or raw file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._wav: wave.Wave_write | None = None
+        self._raw: BinaryIO | None = None
+        if path is None:
+            return
+        if path.suffix.lower() == ".wav":
+            self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - closed in close()
+            self._wav.setnchannels(2)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(44100)
+        else:
+            self._raw = path.open("wb")
+
+    def write(self, data: bytes) -> None:
+        if self._wav is not None:
+            self._wav.writeframesraw(data)
+        elif self._raw is not None:
+            self._raw.write(data)
+
+    def close(self) -> None:
+        if self._wav is not None:
+            self._wav.close()
+        if self._raw is not None:
+            self._raw.close()
+
+
+def replay(capture: Path, output: Path | None) -> ReplaySummary:
+    """Replay `capture`, writing its audio to `output` (WAV if it ends in .wav, else raw)."""
+    with capture.open("rb") as stream:
+        records = list(read_pcap(stream))
+    server = _find_rtsp_server(records)
+    ports = _find_receiver_ports(records, server)
+    client_ip = next(r.src[0] for r in records if r.transport == "tcp" and r.dst == server)
+    channels = {ports.audio: Channel.AUDIO, ports.control: Channel.CONTROL, ports.timing: Channel.TIMING}
+    summary = ReplaySummary(capture=capture.name)
+    session = RaopSession(
+        receiver=ReceiverInfo(name="replay", hw_addr=bytes(6)),
+        ports=ports,
+        local_ip=server[0],
+        peer_ip=client_ip,
+        now=records[0].time if records else 0.0,
+    )
+    sink = _Sink(output)
+    try:
+        for record in records:
+            _run_timers(session, record.time, sink, summary)
+            if record.transport == "tcp":
+                if record.dst == server:
+                    session.receive_data(record.payload, record.time)
+                    session.data_to_send()
+            elif record.dst[0] == server[0] and record.dst[1] in channels:
+                session.datagram_received(
+                    channels[record.dst[1]], record.payload, record.src, record.time
+                )
+            session.datagrams_to_send()
+            _drain_events(session, sink, summary)
+        session.finish()
+        _drain_events(session, sink, summary)
+    finally:
+        sink.close()
+    _fill_counters(session, summary)
+    return summary
+
+
+def _run_timers(session: RaopSession, until: float, sink: _Sink, summary: ReplaySummary) -> None:
+    while (timer := session.get_timer()) is not None and timer <= until:
+        session.handle_timer(timer)
+        session.datagrams_to_send()
+        _drain_events(session, sink, summary)
+
+
+def _drain_events(session: RaopSession, sink: _Sink, summary: ReplaySummary) -> None:
+    while (event := session.next_event()) is not None:
+        _note_event(event, sink, summary)
+
+
+def _note_event(event: Event, sink: _Sink, summary: ReplaySummary) -> None:
+    if isinstance(event, AudioReady):
+        sink.write(event.pcm.tobytes())
+        summary.frames_out += len(event.pcm)
+        if event.lost:
+            summary.silent_frames += len(event.pcm)
+    elif isinstance(event, StreamStarted):
+        summary.user_agent = event.user_agent
+        summary.client_name = event.client_name
+        summary.codec = event.params.codec.name
+        summary.encrypted = event.params.rsaaeskey is not None
+    elif isinstance(event, Flushed):
+        summary.flushes += 1
+    elif isinstance(event, VolumeChanged):
+        summary.volume = event.volume
+    elif isinstance(event, MetadataReceived):
+        md = event.metadata
+        text = " / ".join(x for x in (md.title, md.artist, md.album) if x)
+        summary.metadata.append(text or "(empty)")
+    elif isinstance(event, ArtworkReceived):
+        summary.artwork_bytes = len(event.data)
+    elif isinstance(event, ProgressReceived):
+        summary.progress = (event.start, event.current, event.end)
+    elif isinstance(event, SessionEnded):
+        summary.ended = event.reason
+
+
+def _fill_counters(session: RaopSession, summary: ReplaySummary) -> None:
+    jitter = session.jitter_stats
+    summary.requests = [
+        name if count == 1 else f"{name} x{count}" for name, count in session.request_counts.items()
+    ]
+    summary.audio_packets = session.stats.audio_packets
+    summary.resent_packets = session.stats.resent_packets
+    summary.bad_datagrams = session.stats.bad_datagrams + session.stats.undecodable
+    summary.duplicates = jitter.duplicates
+    summary.late = jitter.late
+    summary.missing = jitter.missing
+    summary.lost = jitter.lost
+    summary.resend_requests = jitter.resend_requests
+    if not summary.user_agent:
+        summary.user_agent = session.user_agent
+    if session.params is not None and summary.codec == "?":
+        summary.codec = session.params.codec.name
+        summary.encrypted = session.params.rsaaeskey is not None
+
+
+def _find_rtsp_server(records: Iterable[Datagram]) -> tuple[str, int]:
+    for record in records:
+        if record.transport == "tcp" and record.payload.startswith(RTSP_METHODS):
+            return record.dst
+    raise CaptureError("no RTSP request found in the capture")
+
+
+def _find_receiver_ports(records: list[Datagram], server: tuple[str, int]) -> SessionPorts:
+    """The receiver's UDP ports, from its SETUP response's Transport header."""
+    for record in records:
+        if record.transport != "tcp" or record.src != server:
+            continue
+        for line in _TRANSPORT_PORTS.findall(record.payload):
+            found = {k.decode(): int(v) for k, v in _PORT_OPTION.findall(line)}
+            if {"control_port", "timing_port", "server_port"} <= found.keys():
+                return SessionPorts(
+                    audio=found["server_port"],
+                    control=found["control_port"],
+                    timing=found["timing_port"],
+                )
+    raise CaptureError("no SETUP response with the receiver's ports found in the capture")
