@@ -1,0 +1,338 @@
+"""The asyncio RTSP server: one RaopSession per TCP connection, with its three UDP sockets.
+
+The adapter is deliberately boring (aioquic's pattern): feed the session what arrives, with
+`now = loop.time()`, then `_process()`: write its RTSP bytes, send its datagrams, hand its
+events to the player, and re-arm the one timer at `session.get_timer()`. Every protocol
+decision is the session's.
+
+A connection's UDP ports are bound when it is accepted, on the local address the sender
+reached us on, from `udp_port_base` upwards (0: any free port), so the SETUP answer needs no
+callback into I/O. Anything that goes wrong inside one connection ends that connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from raopd.core.arbiter import PlayArbiter
+from raopd.core.events import Event
+from raopd.core.session import (
+    Channel,
+    RaopSession,
+    ReceiverInfo,
+    SessionPorts,
+    SessionSettings,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 32  # each holds three UDP ports; senders open one or two at a time
+EventSink = Callable[[RaopSession, Event], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Where to listen and which UDP ports to use."""
+
+    address: str = ""  # "" = every address, IPv4 and IPv6
+    port: int = 5000
+    udp_port_base: int = 6001  # 0: let the kernel pick
+    udp_port_range: int = 100
+
+
+class UdpChannel(asyncio.DatagramProtocol):
+    """One of a session's UDP sockets; hands datagrams to the connection."""
+
+    def __init__(self, connection: RtspConnection, channel: Channel) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        self.connection.datagram_received(self.channel, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable after the sender went away, for instance: not ours to fix.
+        logger.debug("UDP %s error: %s", self.channel.value, exc)
+
+
+class RtspConnection(asyncio.Protocol):
+    """Binds one TCP connection, its UDP channels and its RaopSession together."""
+
+    def __init__(self, server: RtspServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.session: RaopSession | None = None
+        self.transport: asyncio.Transport | None = None
+        self.channels: dict[Channel, UdpChannel] = {}
+        self._scope_id = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        # RTSP bytes that arrive while the UDP sockets are still being bound.
+        self._early: list[bytes] = []
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if len(self.server.connections) >= MAX_CONNECTIONS:
+            logger.warning("too many connections; refusing %s", transport.get_extra_info("peername"))
+            transport.abort()
+            return
+        self.server.connections.add(self)
+        task = self.loop.create_task(self._open())
+        self.server.track(task)
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is None:
+            self._early.append(data)
+            return
+        self._guarded(lambda s: s.receive_data(data, self.loop.time()))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None and not self._closed:
+            self._guarded(lambda s: s.connection_lost(self.loop.time()))
+        self._close()
+
+    # UDP
+
+    def datagram_received(self, channel: Channel, data: bytes, addr: tuple[object, ...]) -> None:
+        if self.session is None:
+            return
+        host = str(addr[0])
+        port = int(str(addr[1]))
+        self._guarded(lambda s: s.datagram_received(channel, data, (host, port), self.loop.time()))
+
+    # internals
+
+    async def _open(self) -> None:
+        """Bind the UDP channels, make the session, then feed it what already arrived."""
+        assert self.transport is not None
+        sockname = self.transport.get_extra_info("sockname")
+        peername = self.transport.get_extra_info("peername")
+        try:
+            ports = await self._bind_udp(sockname)
+        except OSError as exc:
+            logger.error("no free UDP ports for %s: %s", peername, exc)
+            self.transport.abort()
+            self._close()
+            return
+        self.session = RaopSession(
+            receiver=self.server.receiver,
+            ports=ports,
+            local_ip=str(sockname[0]),
+            peer_ip=str(peername[0]),
+            now=self.loop.time(),
+            arbiter=self.server.arbiter,
+            settings=self.server.session_settings,
+            session_id=next(self.server.ids),
+        )
+        self.session.wakeup = self._process
+        logger.info(
+            "[session %d] connection from %s", self.session.session_id, peername[0]
+        )
+        early, self._early = self._early, []
+        for data in early:
+            self._guarded(lambda s, d=data: s.receive_data(d, self.loop.time()))  # type: ignore[misc]
+
+    async def _bind_udp(self, sockname: tuple[object, ...]) -> SessionPorts:
+        host = str(sockname[0])
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if family == socket.AF_INET6 and len(sockname) >= 4:
+            self._scope_id = int(str(sockname[3]))
+        bound: dict[Channel, int] = {}
+        candidates = self.server.udp_ports()
+        try:
+            for channel in (Channel.CONTROL, Channel.TIMING, Channel.AUDIO):
+                sock = _bind_first_free(family, host, self._scope_id, candidates)
+                protocol = UdpChannel(self, channel)
+                await self.loop.create_datagram_endpoint(lambda p=protocol: p, sock=sock)  # type: ignore[misc]
+                self.channels[channel] = protocol
+                bound[channel] = sock.getsockname()[1]
+        except OSError:
+            self._close_udp()
+            raise
+        return SessionPorts(
+            audio=bound[Channel.AUDIO], control=bound[Channel.CONTROL], timing=bound[Channel.TIMING]
+        )
+
+    def _guarded(self, step: Callable[[RaopSession], None]) -> None:
+        """Run one input step; a bug here ends this connection, never the daemon."""
+        session = self.session
+        if session is None or self._closed:
+            return
+        try:
+            step(session)
+            self._process()
+        except Exception:
+            logger.exception("[session %d] internal error; closing it", session.session_id)
+            self._abort()
+
+    def _process(self) -> None:
+        session = self.session
+        if session is None or self._closed:
+            return
+        assert self.transport is not None
+        data = session.data_to_send()
+        if data:
+            self.transport.write(data)
+        for channel, payload, (host, port) in session.datagrams_to_send():
+            udp = self.channels.get(channel)
+            if udp is None or udp.transport is None:
+                continue
+            addr: tuple[object, ...] = (host, port)
+            if ":" in host:
+                addr = (host, port, 0, self._scope_id)
+            udp.transport.sendto(payload, addr)
+        while (event := session.next_event()) is not None:
+            self.server.on_event(session, event)
+        if session.should_close:
+            self.transport.close()  # after the buffered response is written
+            self._close()
+            return
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        assert self.session is not None
+        when = self.session.get_timer()
+        if self._timer is not None:
+            if when is not None and self._timer.when() == when:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if when is not None:
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._guarded(lambda s: s.handle_timer(self.loop.time()))
+
+    def _abort(self) -> None:
+        if self.session is not None:
+            self.session.connection_lost(self.loop.time())
+            while (event := self.session.next_event()) is not None:
+                self.server.on_event(self.session, event)
+        if self.transport is not None:
+            self.transport.abort()
+        self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._close_udp()
+        self.server.connections.discard(self)
+
+    def _close_udp(self) -> None:
+        for udp in self.channels.values():
+            if udp.transport is not None:
+                udp.transport.close()
+        self.channels.clear()
+
+    def shutdown(self) -> None:
+        """Daemon shutdown: end the session as if the sender had left, and close."""
+        if self.session is not None and not self._closed:
+            self._guarded(lambda s: s.connection_lost(self.loop.time()))
+        if self.transport is not None:
+            self.transport.close()
+        self._close()
+
+
+class RtspServer:
+    """Listens for senders and keeps track of their connections."""
+
+    def __init__(
+        self,
+        *,
+        receiver: ReceiverInfo,
+        settings: ServerSettings,
+        session_settings: SessionSettings,
+        arbiter: PlayArbiter,
+        on_event: EventSink,
+    ) -> None:
+        self.receiver = receiver
+        self.settings = settings
+        self.session_settings = session_settings
+        self.arbiter = arbiter
+        self.on_event = on_event
+        self.connections: set[RtspConnection] = set()
+        self.ids = itertools.count(1)
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def listening(self) -> bool:
+        """True while at least one listening socket is open."""
+        return any(server.is_serving() for server in self._servers)
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets (tests read the port from them)."""
+        return [sock for server in self._servers for sock in server.sockets]
+
+    async def start(self) -> None:
+        """Listen on the configured address (every address, both families, when empty)."""
+        loop = asyncio.get_running_loop()
+        host = self.settings.address or None
+        server = await loop.create_server(
+            lambda: RtspConnection(self), host=host, port=self.settings.port, reuse_address=True
+        )
+        self._servers.append(server)
+        names = sorted({f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets})
+        logger.info("RTSP listening on %s", ", ".join(names))
+
+    async def close(self) -> None:
+        """Stop accepting, end every session, and wait for the listeners to close."""
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections):
+            connection.shutdown()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Keep a reference to a connection's set-up task until it is done."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def udp_ports(self) -> list[int]:
+        """Candidate UDP ports, in the order to try them."""
+        base, count = self.settings.udp_port_base, self.settings.udp_port_range
+        if base == 0:
+            return [0]
+        return list(range(base, min(65536, base + max(1, count))))
+
+
+def _bind_first_free(family: int, host: str, scope_id: int, candidates: list[int]) -> socket.socket:
+    """A UDP socket bound to the first free candidate port on `host`."""
+    last_error: OSError | None = None
+    for port in candidates:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.bind((host.split("%")[0], port, 0, scope_id))
+            else:
+                sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            continue
+        sock.setblocking(False)
+        return sock
+    raise last_error or OSError("no UDP port candidates")
