@@ -3,7 +3,6 @@
 import base64
 import hashlib
 import struct
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -13,8 +12,6 @@ from hypothesis import strategies as st
 
 from raopd.errors import ProtocolError
 from raopd.media.crypto import PacketCipher, airport_key, apple_response, unwrap_session_key
-
-DATA = Path(__file__).parent / "data"
 
 # protocol.md §3.1
 SPKI_SHA256 = "e14bc3d4793ca6f8be156fc07c4d41ef22faa082fb88308f3d8426daa5a39ede"
@@ -72,16 +69,6 @@ def recover(response: str) -> bytes:
         .public_key()
         .recover_data_from_signature(b64(response), padding.PKCS1v15(), None)
     )
-
-
-def read_payloads(name: str) -> list[bytes]:
-    data = (DATA / name).read_bytes()
-    payloads, offset = [], 0
-    while offset < len(data):
-        (size,) = struct.unpack_from(">H", data, offset)
-        payloads.append(data[offset + 2 : offset + 2 + size])
-        offset += 2 + size
-    return payloads
 
 
 # --- the key -------------------------------------------------------------------------------
@@ -210,12 +197,12 @@ def test_unwrap_round_trip_with_public_key():
     assert unwrap_session_key(wrapped) == aes_key
 
 
-def test_unwrap_real_rsaaeskey_from_node_capture():
+def test_unwrap_real_rsaaeskey_from_node_capture(node_first4, test30_first4):
     key = unwrap_session_key(b64(NODE_RSAAESKEY))
     assert len(key) == 16
     # The key opens the first audio payload: a verbatim ALAC channel-pair frame with
     # has-size (1416 bytes), whose samples are the first 352 frames of test30.wav.
-    payload = read_payloads("node_aes_alac_first4.bin")[0]
+    payload = node_first4[0]
     plain = PacketCipher(key, b64(NODE_AESIV)).decrypt(payload)
     assert len(plain) == 1416
     bits = int.from_bytes(plain, "big")
@@ -230,7 +217,7 @@ def test_unwrap_real_rsaaeskey_from_node_capture():
     assert field(23, 32) == 352  # sample count
     samples = [field(55 + 16 * i, 16) for i in range(352 * 2)]
     signed = [s - 0x10000 if s & 0x8000 else s for s in samples]
-    expected = (DATA / "test30_first4.s16le").read_bytes()[: 352 * 4]
+    expected = test30_first4[:352].astype("<i2").tobytes()
     assert struct.pack("<704h", *signed) == expected
     assert field(55 + 16 * 704, 3) == 7  # ID_END
 
