@@ -51,18 +51,16 @@ def airport_key() -> rsa.RSAPrivateKey:
 
 
 @functools.cache
-def _crt_params() -> tuple[int, int, int, int, int, int, int]:
-    """(n, p, q, dP, dQ, qInv, key bytes) for the raw CRT signature, computed once."""
+def _crt_params() -> tuple[int, int, int, int, int, int]:
+    """(p, q, dP, dQ, qInv, modulus bytes) for the raw CRT signature, computed once."""
     numbers = airport_key().private_numbers()
-    n = numbers.public_numbers.n
     return (
-        n,
         numbers.p,
         numbers.q,
         numbers.dmp1,
         numbers.dmq1,
         numbers.iqmp,
-        (n.bit_length() + 7) // 8,
+        (numbers.public_numbers.n.bit_length() + 7) // 8,
     )
 
 
@@ -105,16 +103,15 @@ def apple_response(challenge_b64: str, local_ip: str, hw_addr: bytes) -> str:
     message = _decode_challenge(challenge_b64) + _ip_bytes(local_ip) + bytes(hw_addr)
     message = message.ljust(MIN_SIGNED_MESSAGE_BYTES, b"\x00")
 
-    n, p, q, dmp1, dmq1, iqmp, size = _crt_params()
+    p, q, dmp1, dmq1, iqmp, size = _crt_params()
     # PKCS#1 v1.5 type-1 padding around the raw message: no hashing, no DigestInfo.
     # `cryptography` refuses to sign without a hash, so do the RSA maths directly.
     encoded = b"\x00\x01" + b"\xff" * (size - 3 - len(message)) + b"\x00" + message
     m = int.from_bytes(encoded, "big")
-    # CRT: two half-size exponentiations, about 4x faster than pow(m, d, n).
+    # CRT: two half-size exponentiations, measured about 3x faster than pow(m, d, n).
     s1 = pow(m, dmp1, p)
     s2 = pow(m, dmq1, q)
     signature = s2 + q * ((iqmp * (s1 - s2)) % p)
-    assert signature < n
     return base64.b64encode(signature.to_bytes(size, "big")).decode("ascii").rstrip("=")
 
 

@@ -6,8 +6,8 @@ one (already decrypted) RTP payload into a C-contiguous int16 array of shape
 than `frames_per_packet`, never stale samples. Anything undecodable raises `ProtocolError`,
 so a hostile or corrupt datagram can be counted and dropped.
 
-FFmpeg logs decoding problems through its own logger; the daemon sets PyAV's log level once
-at start-up, this module leaves that global alone.
+PyAV leaves FFmpeg's own logging off unless asked, so corrupt payloads cost an exception
+here, not a line on stderr; this module does not touch that process-wide setting.
 """
 
 from __future__ import annotations
