@@ -150,7 +150,7 @@ def _parse_request_line(raw: bytes) -> tuple[str, str, str]:
     uri, sp2, version = rest.rpartition(" ")
     if not sp or not sp2:
         raise ProtocolError(f"malformed request line {line[:80]!r}")
-    if not _is_token(method):
+    if not _is_token(method) or len(method) > _MAX_METHOD:
         raise ProtocolError(f"malformed request method {method[:40]!r}")
     if not _BAD_VALUE_CHARS.isdisjoint(uri) or " " in uri:
         raise ProtocolError(f"malformed request URI {uri[:80]!r}")
@@ -231,21 +231,23 @@ class RtspReader:
                 del buf[:skip]
             if not buf:
                 return False
+        # The request line is judged first, however much of the head has arrived,
+        # so that every split of the stream fails the same way.
+        if not self._line_checked:
+            self._check_first_line()
         start = max(self._scan - 2, 0)
         end_lf = buf.find(b"\n\n", start)
         end_crlf = buf.find(b"\n\r\n", start)
         if end_lf < 0 and end_crlf < 0:
             if len(buf) > self.max_header_bytes:
                 raise ProtocolError(f"RTSP header block exceeds {self.max_header_bytes} bytes", 431)
-            if not self._line_checked:
-                self._check_first_line()
             self._scan = len(buf)
             return False
         if end_crlf >= 0 and (end_lf < 0 or end_crlf < end_lf):
             head_end, body_start = end_crlf, end_crlf + 3
         else:
             head_end, body_start = end_lf, end_lf + 2
-        if head_end + 1 > self.max_header_bytes:
+        if body_start > self.max_header_bytes:
             raise ProtocolError(f"RTSP header block exceeds {self.max_header_bytes} bytes", 431)
         head = bytes(buf[:head_end])
         del buf[:body_start]
@@ -258,21 +260,24 @@ class RtspReader:
         # Reject garbage as soon as its first line (or just its method) is in,
         # instead of waiting for a blank line that may never come.
         buf = self._buf
-        nl = buf.find(b"\n")
+        # No newline before self._scan: it was searched on the previous call.
+        nl = buf.find(b"\n", self._scan, self.max_header_bytes)
         if nl >= 0:
             _parse_request_line(bytes(buf[:nl]).rstrip(b"\r"))
             self._line_checked = True
             return
         sp = buf.find(b" ", 0, _MAX_METHOD + 1)
         method = bytes(buf[: sp if sp >= 0 else _MAX_METHOD + 1])
-        if not _TOKEN_BYTES.issuperset(method) or (sp < 0 and len(method) > _MAX_METHOD):
-            raise ProtocolError(f"malformed request method {method[:40]!r}")
+        if sp < 0 and method.endswith(b"\r"):
+            method = method[:-1]  # maybe the start of the line end
+        if not _TOKEN_BYTES.issuperset(method) or len(method) > _MAX_METHOD:
+            raise ProtocolError(f"malformed request method {_decode_line(method)[:40]!r}")
 
     def _parse_head(self, head: bytes) -> None:
         lines = head.split(b"\n")
+        method, uri, version = _parse_request_line(lines[0].rstrip(b"\r"))
         if len(lines) - 1 > self.max_headers:
             raise ProtocolError(f"more than {self.max_headers} header lines", 431)
-        method, uri, version = _parse_request_line(lines[0].rstrip(b"\r"))
         headers = Headers()
         for raw in lines[1:]:
             if raw.endswith(b"\r"):
