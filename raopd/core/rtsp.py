@@ -339,6 +339,12 @@ class RtspResponse:
     body: bytes = b""
     reason: str | None = None
 
+    def __post_init__(self) -> None:
+        # A one-shot iterator would be empty the second time the response is
+        # serialised; keep a list instead.
+        if not isinstance(self.headers, Headers | Mapping | list | tuple):
+            object.__setattr__(self, "headers", list(self.headers))
+
     def __bytes__(self) -> bytes:
         reason = self.reason if self.reason is not None else REASONS.get(self.status, "Unknown")
         if not 100 <= self.status <= 999:

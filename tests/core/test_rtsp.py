@@ -386,3 +386,8 @@ def test_response_is_readable_as_a_request_stream_shape():
     raw = bytes(RtspResponse(200, [("CSeq", "3")], body=b"xyz"))
     head_, _, body = raw.partition(b"\r\n\r\n")
     assert body == b"xyz" and head_.endswith(b"Content-Length: 3")
+
+
+def test_response_from_a_generator_serialises_twice():
+    r = RtspResponse(200, ((n, v) for n, v in [("CSeq", "4")]))
+    assert bytes(r) == bytes(r) == b"RTSP/1.0 200 OK\r\nCSeq: 4\r\nContent-Length: 0\r\n\r\n"
