@@ -52,6 +52,9 @@ from raopd.core.seq import rtp_add, rtp_diff
 FIXED_LATENCY_FRAMES = 11025
 """Frames every Apple sender expects on top of the sync packet's latency (protocol.md §6.2)."""
 
+DRIFT_PRIOR = 100e-6
+"""Spread of real clock drift (crystals): the prior the drift fit is shrunk towards 0 with."""
+
 MAX_RTT = 0.200
 """Replies with a longer round trip say more about the network than about the clocks."""
 
@@ -63,8 +66,8 @@ looks like an ordinary NTP time to the sender."""
 
 @dataclass(frozen=True, slots=True)
 class TimingSample:
-    """One timing exchange: offset (sender - local, seconds, relative to the session's first
-    sample so floats keep ns resolution) observed at local time `local` (the exchange's midpoint)."""
+    """One timing exchange at local time `local` (the exchange's midpoint): offset (sender -
+    local, seconds, relative to the session's first sample so floats keep ns resolution)."""
 
     local: float
     offset: float
@@ -102,9 +105,21 @@ class MedianFilter:
         return (values[mid - 1] + values[mid]) / 2
 
 
-FILTERS: dict[str, type[MinRttFilter] | type[MedianFilter]] = {
+class LowRttMedianFilter:
+    """The median of the quarter of the window with the smallest round trips (at least 3)."""
+
+    name = "low_rtt_median"
+
+    def offset_at(self, samples: list[TimingSample], drift: float, at: float) -> float:
+        keep = max(3, len(samples) // 4)
+        best = sorted(samples, key=lambda s: s.rtt)[:keep]
+        return MedianFilter().offset_at(best, drift, at)
+
+
+FILTERS: dict[str, type[MinRttFilter] | type[MedianFilter] | type[LowRttMedianFilter]] = {
     "min_rtt": MinRttFilter,
     "median": MedianFilter,
+    "low_rtt_median": LowRttMedianFilter,
 }
 DEFAULT_FILTER = "median"
 
@@ -117,6 +132,8 @@ class DriftFit:
     """Slope, dimensionless (1e-6 = 1 ppm): positive when the sender clock runs fast."""
     stderr: float
     """Standard error of the slope, same unit."""
+    noise: float
+    """Residual standard deviation of one sample's offset (s)."""
 
 
 def fit_drift(samples: list[TimingSample]) -> DriftFit | None:
@@ -141,7 +158,10 @@ def fit_drift(samples: list[TimingSample]) -> DriftFit | None:
     # Weighted residual variance with n - 2 degrees of freedom; the weights only set the
     # relative trust, so the scale comes from the residuals themselves.
     variance = residual / (len(samples) - 2) if len(samples) > 2 else math.inf
-    return DriftFit(slope, math.sqrt(variance / sxx))
+    # Unweighted residual spread, as the per-sample offset noise for the window choice.
+    spread = [s.offset - mean_o - slope * (s.local - mean_t) for s in samples]
+    noise = math.sqrt(sum(r * r for r in spread) / (len(samples) - 2))
+    return DriftFit(slope, math.sqrt(variance / sxx), noise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +242,6 @@ class ClockSync:
         burst: int = 8,
         burst_interval: float = 0.25,
         interval: float = 3.0,
-        max_drift_stderr: float = 25e-6,
     ) -> None:
         """`latency_offset` is the user's offset in seconds (+ = later), added to L; `window`
         samples are kept (64 at 3 s is about 3 minutes, enough for a drift fit to a few ppm)."""
@@ -233,7 +252,6 @@ class ClockSync:
         self.burst = burst
         self.burst_interval = burst_interval
         self.interval = interval
-        self.max_drift_stderr = max_drift_stderr
         self.stats = ClockStats()
         self._filter: OffsetFilter = FILTERS[filter]()
         self._samples: deque[TimingSample] = deque(maxlen=window)
@@ -241,6 +259,8 @@ class ClockSync:
         self._pending: deque[_Pending] = deque(maxlen=16)
         self._base_ns: int | None = None
         self._drift = 0.0
+        self._drift_stderr = DRIFT_PRIOR
+        self._noise = math.inf  # offset noise (s) per sample, from the fit's residuals
         self._next_request: float | None = None
         self._sent = 0
         self._sync: SyncPacket | None = None
@@ -290,10 +310,33 @@ class ClockSync:
         """Keep one sample (offset relative to the first) and refresh the estimate."""
         self._samples.append(sample)
         fit = fit_drift(list(self._samples))
-        if fit is not None and fit.stderr <= self.max_drift_stderr:
-            # Crystals are within a few hundred ppm; anything wilder is a broken fit.
-            self._drift = max(-1e-3, min(1e-3, fit.drift))
+        if fit is not None and math.isfinite(fit.stderr):
+            # Shrink the fitted slope towards 0 by its uncertainty against the crystal prior
+            # (Bayesian, Gaussian): a burst of 2 s with 1 ms of jitter reads as +-100 ppm of noise,
+            # which must not be taken at face value, while a minute of samples is trusted fully.
+            prior = DRIFT_PRIOR**2
+            variance = fit.stderr**2
+            self._drift = max(-1e-3, min(1e-3, fit.drift * prior / (prior + variance)))
+            self._drift_stderr = math.sqrt(prior * variance / (prior + variance))
+            self._noise = fit.noise
         self._update()
+
+    def _window(self) -> list[TimingSample]:
+        """The newest k samples, k chosen to minimise the expected offset error: averaging more
+        samples cuts the noise (noise / sqrt(k)) but carries old ones further with an uncertain
+        drift (drift_stderr * age)."""
+        samples = list(self._samples)
+        if self._noise == 0.0:
+            return samples[-1:] if self._drift_stderr > 0 else samples
+        newest = samples[-1].local
+        best_k, best_cost = 1, math.inf
+        age_sum = 0.0
+        for k in range(1, len(samples) + 1):
+            age_sum += newest - samples[-k].local
+            cost = self._noise**2 / k + (self._drift_stderr * age_sum / k) ** 2
+            if cost < best_cost:
+                best_k, best_cost = k, cost
+        return samples[-best_k:]
 
     # -- control channel ------------------------------------------------------------------------
 
@@ -325,7 +368,7 @@ class ClockSync:
         if sync is None or not self._samples or self._base_ns is None:
             return
         reference = self._samples[-1].local
-        offset = self._filter.offset_at(list(self._samples), self._drift, reference)
+        offset = self._filter.offset_at(self._window(), self._drift, reference)
         offset_ns = self._base_ns + round(offset * _NS)
         latency = self.latency_frames(sync)
         sender_ns = ntp_to_ns(sync.ntp)

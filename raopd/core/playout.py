@@ -28,8 +28,8 @@ Modes, per pull (timed mode):
     exactly as when starting, then clear the window;
   - otherwise a PI controller in ppm: `Kp * error + integral`, capped at `max_correction_ppm`.
     The integral learns the steady drift between the sender's timeline and the DAC, so the error
-    settles at zero rather than at drift / Kp. Inside the dead band (`tolerance`) only the learned
-    integral acts and nothing more is learned, so when the clocks agree nothing is ever corrected.
+    settles at zero rather than at drift / Kp. Until the median error first leaves the dead band
+    (`tolerance`) nothing is corrected at all, so when the clocks agree no frame is touched.
     Corrections are whole frames (22.7 us at 44.1 kHz) inserted or dropped at spread positions
     (`pcm.stuff`), accumulated from the ppm so the average rate is exact.
   Loop gains: Kp = 1000 ppm/ms gives a 1 s time constant; Ki = 250 ppm/(ms*s) puts the second
@@ -73,7 +73,7 @@ class PlayoutSettings:
     """Cap on stuffing: 500 ppm (snapcast's cap) covers crystal errors of +-200 ppm on both ends
     and is one frame in 2000: inaudible with spread single-frame edits."""
     resync_threshold: float = 0.050
-    """Error (s) past which playout jumps instead of stuffing; 0 disables (shairport-sync's 50 ms)."""
+    """Error (s) past which playout jumps instead of stuffing; 0 = never (shairport-sync: 50 ms)."""
     error_window: int = 5
     """Pulls in the median that drives the controller (5 periods of 1024 = 116 ms)."""
     kp_ppm_per_ms: float = 1000.0
@@ -135,6 +135,7 @@ class Playout:
         self._state = _STARTING
         self._errors: deque[float] = deque(maxlen=self.settings.error_window)
         self._integral = 0.0  # ppm
+        self._engaged = False  # the error has left the dead band at least once
         self._accumulator = 0.0  # fractional frames owed to correction
         self._gain = 1.0
         self._rng = np.random.default_rng(self.settings.dither_seed)
@@ -277,7 +278,12 @@ class Playout:
         """One block under the PI controller: (pcm, whether frames were inserted/dropped)."""
         settings = self.settings
         error_ms = error * 1e3
+        # The dead band only gates the *start* of correction: once the error has left it, the
+        # controller stays engaged (the learned integral is the drift and keeps being refined),
+        # so the error settles at zero instead of riding the edge of the band.
         if abs(error) > settings.tolerance:
+            self._engaged = True
+        if self._engaged:
             if abs(error) < settings.integral_limit:
                 period = frames / settings.rate
                 self._integral += settings.ki_ppm_per_ms_s * error_ms * period
@@ -285,7 +291,7 @@ class Playout:
                 self._integral = max(-cap, min(cap, self._integral))
             ppm = settings.kp_ppm_per_ms * error_ms + self._integral
         else:
-            ppm = self._integral
+            ppm = 0.0
         ppm = max(-settings.max_correction_ppm, min(settings.max_correction_ppm, ppm))
         self.stats.correction_ppm = ppm
         self._accumulator += ppm * 1e-6 * frames
