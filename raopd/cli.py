@@ -1,4 +1,4 @@
-"""Command-line entry point: `raopd [options]` runs the receiver; `raopd replay` decodes a capture."""
+"""Command-line entry point: `raopd` runs the receiver, `raopd replay` decodes a capture."""
 
 from __future__ import annotations
 

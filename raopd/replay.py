@@ -82,7 +82,8 @@ class ReplaySummary:
             f"capture        {self.capture}",
             f"sender         {self.user_agent or '?'}"
             + (f" ({self.client_name})" if self.client_name else ""),
-            f"codec          {self.codec}, {'encrypted (RSA + AES)' if self.encrypted else 'not encrypted'}",
+            f"codec          {self.codec}, "
+            + ("encrypted (RSA + AES)" if self.encrypted else "not encrypted"),
             f"requests       {', '.join(self.requests)}",
             f"audio packets  {self.audio_packets} ({self.resent_packets} resent, "
             f"{self.duplicates} duplicates, {self.late} late)",
@@ -94,7 +95,9 @@ class ReplaySummary:
             f"flushes        {self.flushes}",
             f"volume         {self.volume if self.volume is not None else '-'}",
             f"metadata       {'; '.join(self.metadata) or '-'}",
-            f"artwork        {self.artwork_bytes} bytes" if self.artwork_bytes else "artwork        -",
+            f"artwork        {self.artwork_bytes} bytes"
+            if self.artwork_bytes
+            else "artwork        -",
             f"progress       {'/'.join(map(str, self.progress)) if self.progress else '-'}",
             f"ended          {self.ended or 'end of capture'}",
         ]
@@ -137,7 +140,11 @@ def replay(capture: Path, output: Path | None) -> ReplaySummary:
     server = _find_rtsp_server(records)
     ports = _find_receiver_ports(records, server)
     client_ip = next(r.src[0] for r in records if r.transport == "tcp" and r.dst == server)
-    channels = {ports.audio: Channel.AUDIO, ports.control: Channel.CONTROL, ports.timing: Channel.TIMING}
+    channels = {
+        ports.audio: Channel.AUDIO,
+        ports.control: Channel.CONTROL,
+        ports.timing: Channel.TIMING,
+    }
     summary = ReplaySummary(capture=capture.name)
     session = RaopSession(
         receiver=ReceiverInfo(name="replay", hw_addr=bytes(6)),

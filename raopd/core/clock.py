@@ -45,7 +45,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from raopd.core.ntp import NTP_UNIX_OFFSET, ns_to_ntp, ntp_to_ns
+from raopd.core.ntp import NTP_EPOCH_OFFSET, ns_to_ntp, ntp_to_ns
 from raopd.core.packets import SyncPacket, TimingPacket
 from raopd.core.seq import rtp_add, rtp_diff
 
@@ -59,7 +59,7 @@ MAX_RTT = 0.200
 """Replies with a longer round trip say more about the network than about the clocks."""
 
 _NS = 1_000_000_000
-_LOCAL_EPOCH_NS = NTP_UNIX_OFFSET * _NS
+_LOCAL_EPOCH_NS = NTP_EPOCH_OFFSET * _NS
 """Our requests carry `now` as if the monotonic clock counted from 1970, so T1 is never zero and
 looks like an ordinary NTP time to the sender."""
 

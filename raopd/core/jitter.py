@@ -180,7 +180,11 @@ class JitterBuffer(Generic[P]):
                 continue
             gap = self._gaps.get(seq)
             overfull = seq_diff(self._highest_or(seq), seq) >= self.settings.capacity
-            if gap is not None and now < gap.detected + self.settings.repair_window and not overfull:
+            if (
+                gap is not None
+                and now < gap.detected + self.settings.repair_window
+                and not overfull
+            ):
                 break
             out.append(self._give_up(seq))
         return out
@@ -258,4 +262,3 @@ class JitterBuffer(Generic[P]):
         self._released_order.append(seq)
         if len(self._released_order) > self.settings.capacity:
             self._released.discard(self._released_order.popleft())
-

@@ -30,7 +30,7 @@ import numpy as np
 
 from raopd.core.arbiter import PlayArbiter
 from raopd.core.clock import ClockEstimate, ClockSync
-from raopd.core.dmap import parse_dmap, parse_parameters, parse_progress
+from raopd.core.dmap import parse_dmap
 from raopd.core.events import (
     ArtworkReceived,
     AudioReady,
@@ -43,8 +43,8 @@ from raopd.core.events import (
     StreamStarted,
     VolumeChanged,
 )
+from raopd.core.jitter import JitterBuffer, JitterSettings, JitterStats, Lost
 from raopd.core.ntp import seconds_to_ntp
-from raopd.core.jitter import JitterBuffer, JitterSettings, Lost
 from raopd.core.packets import (
     AudioPacket,
     ResendRequest,
@@ -53,6 +53,7 @@ from raopd.core.packets import (
     TimingPacket,
     parse_datagram,
 )
+from raopd.core.parameters import parse_parameters, parse_progress, parse_volume
 from raopd.core.rtsp import RtspReader, RtspRequest, RtspResponse
 from raopd.core.sdp import StreamParams, parse_sdp
 from raopd.core.seq import rtp_add, rtp_diff
@@ -266,7 +267,7 @@ class RaopSession:
             self._send_resend_requests(now)
             if self._clock is not None and self._timing_addr is not None:
                 due = self._clock.next_request_time()
-                if due is not None and due <= now:
+                if due is None or due <= now:  # None: no request sent yet
                     self._datagrams.append(
                         (Channel.TIMING, self._clock.make_request(now), self._timing_addr)
                     )
@@ -315,7 +316,7 @@ class RaopSession:
         return min(deadlines)
 
     @property
-    def jitter_stats(self) -> object:
+    def jitter_stats(self) -> JitterStats:
         """The jitter buffer's counters (received, duplicates, late, missing, lost, …)."""
         return self._jitter.stats
 
@@ -334,15 +335,16 @@ class RaopSession:
     def _handle_request(self, request: RtspRequest, now: float) -> RtspResponse:
         headers = self._common_headers(request)
         if not self._authorised and not self._check_auth(request):
-            headers.append(
-                ("WWW-Authenticate", f'Digest realm="raop", nonce="{self._nonce}"')
-            )
+            headers.append(("WWW-Authenticate", f'Digest realm="raop", nonce="{self._nonce}"'))
             return RtspResponse(401, headers)
         challenge = request.headers.get("Apple-Challenge")
         if challenge is not None:
             try:
                 headers.append(
-                    ("Apple-Response", apple_response(challenge, self.local_ip, self.receiver.hw_addr))
+                    (
+                        "Apple-Response",
+                        apple_response(challenge, self.local_ip, self.receiver.hw_addr),
+                    )
                 )
             except ProtocolError as exc:
                 logger.warning("[session %d] bad Apple-Challenge: %s", self.session_id, exc)
@@ -422,7 +424,7 @@ class RaopSession:
             min_latency_frames=params.min_latency_frames,
             max_latency_frames=params.max_latency_frames,
             latency_offset=self.settings.latency_offset,
-            sample_rate=params.sample_rate,
+            rate=params.sample_rate,
         )
         self._estimate = None
         self.state = State.ANNOUNCED
@@ -471,9 +473,7 @@ class RaopSession:
         self.state = State.PLAYING
         if rtptime is not None:
             self._start_at(seq, rtptime)
-        self._events.append(
-            StreamStarted(self.params, rtptime, self.user_agent, self.client_name)
-        )
+        self._events.append(StreamStarted(self.params, rtptime, self.user_agent, self.client_name))
         headers.append(("Audio-Latency", str(AUDIO_LATENCY_FRAMES)))
         return RtspResponse(200, headers)
 
@@ -505,17 +505,14 @@ class RaopSession:
         if content_type == "text/parameters":
             values = parse_parameters(request.body)
             if "volume" in values:
-                try:
-                    volume = float(values["volume"])
-                except ValueError as exc:
-                    raise ProtocolError(f"bad volume {values['volume']!r}") from exc
-                if not (volume == -144.0 or -30.0 <= volume <= 0.0) or volume != volume:
-                    raise ProtocolError(f"volume {volume} is outside -30..0 and not -144")
+                volume = parse_volume(values["volume"])
                 self.volume = volume
                 self._events.append(VolumeChanged(volume))
             if "progress" in values:
-                start, current, end = parse_progress(values["progress"])
-                self._events.append(ProgressReceived(start, current, end))
+                progress = parse_progress(values["progress"])
+                self._events.append(
+                    ProgressReceived(progress.start, progress.current, progress.end)
+                )
         elif content_type == "application/x-dmap-tagged":
             self._events.append(MetadataReceived(parse_dmap(request.body), rtptime))
         elif content_type.startswith("image/"):
@@ -558,10 +555,9 @@ class RaopSession:
     def _audio_received(self, packet: AudioPacket, now: float) -> None:
         self._last_activity = now
         self.stats.audio_packets += 1
-        if self._flush_until is not None:
-            if rtp_diff(packet.rtptime, self._flush_until) < 0:
-                self.stats.flushed_packets += 1  # in flight from before the flush
-                return
+        if self._flush_until is not None and rtp_diff(packet.rtptime, self._flush_until) < 0:
+            self.stats.flushed_packets += 1  # in flight from before the flush
+            return
         self._jitter.insert(packet, now)
         self._release(now)
 
@@ -583,7 +579,9 @@ class RaopSession:
             self.stats.undecodable += 1
             self._fill_pending = True
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("[session %d] undecodable packet %d: %s", self.session_id, item.seq, exc)
+                logger.debug(
+                    "[session %d] undecodable packet %d: %s", self.session_id, item.seq, exc
+                )
             return
         self._emit_audio(item.rtptime, pcm)
 
@@ -633,7 +631,7 @@ class RaopSession:
         estimate = self._clock.estimate()
         if estimate is not None and estimate is not self._estimate:
             self._estimate = estimate
-            latency = estimate.latency_frames / max(1, estimate.sample_rate)
+            latency = estimate.latency_frames / max(1, estimate.rate)
             window = min(max(latency - RELEASE_MARGIN, 0.25), 4.0)
             self._jitter.set_repair_window(window)
             self._events.append(ClockUpdated(estimate))

@@ -86,7 +86,9 @@ class RtspConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         if len(self.server.connections) >= MAX_CONNECTIONS:
-            logger.warning("too many connections; refusing %s", transport.get_extra_info("peername"))
+            logger.warning(
+                "too many connections; refusing %s", transport.get_extra_info("peername")
+            )
             transport.abort()
             return
         self.server.connections.add(self)
@@ -138,9 +140,7 @@ class RtspConnection(asyncio.Protocol):
             session_id=next(self.server.ids),
         )
         self.session.wakeup = self._process
-        logger.info(
-            "[session %d] connection from %s", self.session.session_id, peername[0]
-        )
+        logger.info("[session %d] connection from %s", self.session.session_id, peername[0])
         early, self._early = self._early, []
         for data in early:
             self._guarded(lambda s, d=data: s.receive_data(d, self.loop.time()))  # type: ignore[misc]

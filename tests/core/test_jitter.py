@@ -136,9 +136,7 @@ def test_any_permutation_duplication_and_loss(start, n, data):
     # Every arrived packet comes out once; trailing missing packets are never seen as missing.
     assert released == arrivals
     lost = [x for x in out if isinstance(x, Lost)]
-    expected_lost = sum(
-        1 for i, k in enumerate(keep) if not k and any(keep[i + 1 :])
-    )
+    expected_lost = sum(1 for i, k in enumerate(keep) if not k and any(keep[i + 1 :]))
     assert sum(x.count for x in lost) == expected_lost == jb.stats.lost
     for x in lost:
         nxt = out[out.index(x) + 1]
