@@ -10,7 +10,7 @@ with "Save As… pcap".
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +43,12 @@ _PROTO_UDP = 17
 
 _TCP_SYN = 0x02
 _TCP_FIN = 0x01
+
+_U16 = struct.Struct("!H")
+_IPV4_LENGTH_FRAGMENT = struct.Struct("!H2xH")
+_UDP_HEADER = struct.Struct("!HHH")
+_TCP_PORTS_SEQ = struct.Struct("!HHI")
+_ADDRESSES: dict[bytes, str] = {}
 
 # A record larger than this is not a network packet: the file is corrupt.
 _MAX_RECORD_BYTES = 1 << 20
@@ -86,30 +92,32 @@ def read_pcap(stream: BinaryIO) -> Iterator[Datagram]:
     divisor = 1e9 if magic == _MAGIC_NSEC else 1e6
     linktype = struct.unpack(endian + "I", header[20:24])[0] & 0x0FFFFFFF
     record_header = struct.Struct(endian + "IIII")
+    # Read it whole and slice through memoryviews: captures are a few MB, and copying each
+    # layer's bytes would cost more than parsing them.
+    data = memoryview(stream.read())
     tcp: dict[tuple[Address, Address], _TcpDirection] = {}
-    while True:
-        raw = stream.read(16)
-        if len(raw) < 16:
-            return
-        seconds, fraction, captured, _original = record_header.unpack(raw)
+    offset = 0
+    end = len(data)
+    while offset + 16 <= end:
+        seconds, fraction, captured, _original = record_header.unpack_from(data, offset)
         if captured > _MAX_RECORD_BYTES:
             raise CaptureError(f"corrupt pcap: a record claims {captured} bytes")
-        frame = stream.read(captured)
-        if len(frame) < captured:
+        offset += 16
+        if offset + captured > end:
             return
-        when = seconds + fraction / divisor
+        frame = data[offset : offset + captured]
+        offset += captured
         ip = _strip_link(linktype, frame)
-        if ip is None:
-            continue
-        yield from _decode_ip(when, ip, tcp)
+        if ip is not None:
+            yield from _decode_ip(seconds + fraction / divisor, ip, tcp)
 
 
-def _strip_link(linktype: int, frame: bytes) -> bytes | None:
+def _strip_link(linktype: int, frame: memoryview) -> memoryview | None:
     """The IP packet inside a link-layer frame, or None for anything else."""
     if linktype == _LINK_ETHERNET:
         offset = 12
         while len(frame) >= offset + 2:
-            ethertype = int.from_bytes(frame[offset : offset + 2], "big")
+            ethertype = _U16.unpack_from(frame, offset)[0]
             if ethertype in _ETH_VLAN:
                 offset += 4
                 continue
@@ -127,7 +135,7 @@ def _strip_link(linktype: int, frame: bytes) -> bytes | None:
 
 
 def _decode_ip(
-    when: float, ip: bytes, tcp: dict[tuple[Address, Address], _TcpDirection]
+    when: float, ip: memoryview, tcp: dict[tuple[Address, Address], _TcpDirection]
 ) -> Iterator[Datagram]:
     if not ip:
         return
@@ -136,30 +144,29 @@ def _decode_ip(
         if len(ip) < 20:
             return
         header_len = (ip[0] & 0x0F) * 4
-        total = int.from_bytes(ip[2:4], "big")
-        flags_fragment = int.from_bytes(ip[6:8], "big")
+        total, flags_fragment = _IPV4_LENGTH_FRAGMENT.unpack_from(ip, 2)
         if flags_fragment & 0x3FFF:
             return  # fragments are not reassembled; RAOP datagrams never fragment on a LAN
         proto = ip[9]
-        src_ip = str(ipaddress.IPv4Address(ip[12:16]))
-        dst_ip = str(ipaddress.IPv4Address(ip[16:20]))
+        src_ip = _address(socket.AF_INET, bytes(ip[12:16]))
+        dst_ip = _address(socket.AF_INET, bytes(ip[16:20]))
         body = ip[header_len : total if total else len(ip)]
     elif version == 6:
         if len(ip) < 40:
             return
         proto = ip[6]
-        payload_len = int.from_bytes(ip[4:6], "big")
-        src_ip = str(ipaddress.IPv6Address(ip[8:24]))
-        dst_ip = str(ipaddress.IPv6Address(ip[24:40]))
+        payload_len = _U16.unpack_from(ip, 4)[0]
+        src_ip = _address(socket.AF_INET6, bytes(ip[8:24]))
+        dst_ip = _address(socket.AF_INET6, bytes(ip[24:40]))
         body = ip[40 : 40 + payload_len]
     else:
         return
     if proto == _PROTO_UDP and len(body) >= 8:
-        src_port, dst_port, length = struct.unpack("!HHH", body[:6])
+        src_port, dst_port, length = _UDP_HEADER.unpack_from(body)
         payload = body[8:length] if length >= 8 else body[8:]
         yield Datagram(when, "udp", (src_ip, src_port), (dst_ip, dst_port), bytes(payload))
     elif proto == _PROTO_TCP and len(body) >= 20:
-        src_port, dst_port, seq = struct.unpack("!HHI", body[:8])
+        src_port, dst_port, seq = _TCP_PORTS_SEQ.unpack_from(body)
         data_offset = (body[12] >> 4) * 4
         flags = body[13]
         payload = bytes(body[data_offset:])
@@ -167,6 +174,16 @@ def _decode_ip(
         direction = tcp.setdefault(key, _TcpDirection())
         for chunk in _reassemble(direction, seq, flags, payload):
             yield Datagram(when, "tcp", key[0], key[1], chunk)
+
+
+def _address(family: int, raw: bytes) -> str:
+    """An address as text; a capture holds few distinct ones, so they are cached."""
+    text = _ADDRESSES.get(raw)
+    if text is None:
+        if len(_ADDRESSES) > 4096:
+            _ADDRESSES.clear()
+        text = _ADDRESSES[raw] = socket.inet_ntop(family, raw)
+    return text
 
 
 def _reassemble(direction: _TcpDirection, seq: int, flags: int, payload: bytes) -> Iterator[bytes]:

@@ -133,13 +133,35 @@ class _Sink:
             self._raw.close()
 
 
-def replay(capture: Path, output: Path | None) -> ReplaySummary:
-    """Replay `capture`, writing its audio to `output` (WAV if it ends in .wav, else raw)."""
-    with capture.open("rb") as stream:
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """A capture's records, with where the receiver in it listened."""
+
+    name: str
+    records: list[Datagram]
+    server: tuple[str, int]
+    client_ip: str
+    ports: SessionPorts
+
+
+def load_capture(path: Path) -> Capture:
+    """Read a capture and find its RTSP server, sender and receiver UDP ports."""
+    with path.open("rb") as stream:
         records = list(read_pcap(stream))
     server = _find_rtsp_server(records)
     ports = _find_receiver_ports(records, server)
     client_ip = next(r.src[0] for r in records if r.transport == "tcp" and r.dst == server)
+    return Capture(path.name, records, server, client_ip, ports)
+
+
+def replay(capture: Path, output: Path | None) -> ReplaySummary:
+    """Replay `capture`, writing its audio to `output` (WAV if it ends in .wav, else raw)."""
+    return run_replay(load_capture(capture), output)
+
+
+def run_replay(capture: Capture, output: Path | None) -> ReplaySummary:
+    """Feed a loaded capture to a RaopSession, as the daemon would, and collect its audio."""
+    records, server, ports = capture.records, capture.server, capture.ports
     channels = {
         ports.audio: Channel.AUDIO,
         ports.control: Channel.CONTROL,
@@ -150,7 +172,7 @@ def replay(capture: Path, output: Path | None) -> ReplaySummary:
         receiver=ReceiverInfo(name="replay", hw_addr=bytes(6)),
         ports=ports,
         local_ip=server[0],
-        peer_ip=client_ip,
+        peer_ip=capture.client_ip,
         now=records[0].time if records else 0.0,
     )
     sink = _Sink(output)

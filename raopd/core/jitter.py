@@ -107,9 +107,10 @@ class JitterBuffer(Generic[P]):
         self._next_seq: int | None = None
         self._highest: int | None = None
         self._hint: tuple[int, int] | None = None
-        # Recently released real packets, to tell a duplicate from a late packet.
-        self._released: set[int] = set()
-        self._released_order: deque[int] = deque()
+        # Recently given-up sequence numbers: a packet behind `next_seq` is late if it is one
+        # of these, else a duplicate of a released one. Losses are rare, so this stays small.
+        self._lost: set[int] = set()
+        self._lost_order: deque[int] = deque()
 
     @property
     def next_seq(self) -> int | None:
@@ -130,8 +131,8 @@ class JitterBuffer(Generic[P]):
         self._next_seq = None
         self._highest = None
         self._hint = None if start_seq is None else (start_seq, 0)
-        self._released.clear()
-        self._released_order.clear()
+        self._lost.clear()
+        self._lost_order.clear()
 
     def insert(self, packet: P, now: float) -> Insert:
         """Take one packet (original or resent)."""
@@ -141,11 +142,11 @@ class JitterBuffer(Generic[P]):
         assert self._next_seq is not None and self._highest is not None
         ahead = seq_diff(seq, self._next_seq)
         if ahead < 0:
-            if seq in self._released:
-                self.stats.duplicates += 1
-                return Insert.DUPLICATE
-            self.stats.late += 1
-            return Insert.LATE
+            if seq in self._lost or ahead < -self.settings.capacity:
+                self.stats.late += 1
+                return Insert.LATE
+            self.stats.duplicates += 1
+            return Insert.DUPLICATE
         if seq in self._slots:
             self.stats.duplicates += 1
             return Insert.DUPLICATE
@@ -175,8 +176,7 @@ class JitterBuffer(Generic[P]):
             packet = self._slots.pop(seq, None)
             if packet is not None:
                 out.append(packet)
-                self._mark_released(seq)
-                self._next_seq = seq_add(seq, 1)
+                self._next_seq = (seq + 1) & 0xFFFF
                 continue
             gap = self._gaps.get(seq)
             overfull = seq_diff(self._highest_or(seq), seq) >= self.settings.capacity
@@ -251,14 +251,15 @@ class JitterBuffer(Generic[P]):
         cursor = seq
         while cursor not in self._slots:
             self._gaps.pop(cursor, None)
+            self._mark_lost(cursor)
             cursor = seq_add(cursor, 1)
             count += 1
         self.stats.lost += count
         self._next_seq = cursor
         return Lost(seq, count, self._slots[cursor].rtptime)
 
-    def _mark_released(self, seq: int) -> None:
-        self._released.add(seq)
-        self._released_order.append(seq)
-        if len(self._released_order) > self.settings.capacity:
-            self._released.discard(self._released_order.popleft())
+    def _mark_lost(self, seq: int) -> None:
+        self._lost.add(seq)
+        self._lost_order.append(seq)
+        if len(self._lost_order) > self.settings.capacity:
+            self._lost.discard(self._lost_order.popleft())

@@ -166,6 +166,7 @@ class RaopSession:
         self.ports = ports
         self.local_ip = local_ip
         self.peer_ip = _normalise_ip(peer_ip)
+        self._peer_as_given = peer_ip  # datagrams usually carry exactly this: no parsing
         self.settings = settings or SessionSettings()
         self.arbiter = arbiter or PlayArbiter()
         self.session_id = session_id
@@ -228,7 +229,7 @@ class RaopSession:
     ) -> None:
         """One UDP datagram on one of our ports. Never raises: bad input is counted."""
         self.stats.datagrams += 1
-        if _normalise_ip(addr[0]) != self.peer_ip:
+        if addr[0] != self._peer_as_given and _normalise_ip(addr[0]) != self.peer_ip:
             self.stats.foreign_datagrams += 1  # only the sender may feed its session
             return
         if self.state not in (State.READY, State.PLAYING) or self.params is None:
@@ -304,16 +305,16 @@ class RaopSession:
         """When handle_timer should next run."""
         if self.state is State.ENDED:
             return None
-        deadlines = [self._last_activity + self.settings.session_timeout]
-        if self.state in (State.READY, State.PLAYING):
+        deadline = self._last_activity + self.settings.session_timeout
+        if self.state is State.READY or self.state is State.PLAYING:
             jitter_deadline = self._jitter.next_deadline()
-            if jitter_deadline is not None:
-                deadlines.append(jitter_deadline)
+            if jitter_deadline is not None and jitter_deadline < deadline:
+                deadline = jitter_deadline
             if self._clock is not None and self._timing_addr is not None:
                 clock_deadline = self._clock.next_request_time()
-                if clock_deadline is not None:
-                    deadlines.append(clock_deadline)
-        return min(deadlines)
+                if clock_deadline is not None and clock_deadline < deadline:
+                    deadline = clock_deadline
+        return deadline
 
     @property
     def jitter_stats(self) -> JitterStats:
