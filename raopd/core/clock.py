@@ -20,24 +20,31 @@ are counted and ignored. The kept samples (a window of the newest `window`) feed
 
 * a drift estimate: least squares line of offset against local time, each sample weighted by
   1/(RTT + 1 ms)^2 (a sample's error is bounded by RTT/2, so that is its inverse variance, give or
-  take). It is only used once its standard error is below 25 ppm, so the start-up burst (where a
-  few ms of jitter over 2 s would read as thousands of ppm) cannot throw the timeline off;
-* an offset filter, one of two behind the `OffsetFilter` interface:
+  take). The slope is shrunk towards 0 by its own standard error against a 100 ppm crystal prior,
+  so the start-up burst (where 1 ms of jitter over 2 s reads as +-100 ppm) cannot throw the
+  timeline off, while a minute of samples is trusted fully;
+* a window choice: the newest k samples, k minimising noise^2/k + (drift_stderr * mean age)^2;
+* an offset filter over that window, behind the `OffsetFilter` interface:
   - `MinRttFilter` (NTP's clock filter, shairport-sync's choice): the offset of the sample with
-    the smallest RTT in the window, carried forward with the drift;
-  - `MedianFilter` (snapcast's choice): the median of all window samples, each carried forward to
-    the same instant with the drift.
+    the smallest RTT, carried forward with the drift;
+  - `MedianFilter` (snapcast's choice): the median of the samples, each carried to one instant;
+  - `LowRttMedianFilter`: the median of the lowest-RTT quarter (measured, not better overall).
 
-Which filter is the default, and why (numbers from tests/core/test_clock.py and
-benchmarks/sync.py, virtual time, 10 min per scenario, each direction's delay uniform in
-0..jitter and independent, so the offset noise is not symmetric sample by sample; "error" is the
-estimate's offset minus the true offset, p99 of |error| sampled every 0.5 s after 5 s):
+Why `median` is the default. benchmarks/sync.py, 10 simulated minutes per scenario, each
+direction's delay 0.2 ms + uniform(0, jitter), independent; p99 of |estimated - true offset|
+after 5 s, for clock differences -200/-50/0/+50/+200 ppm:
 
-  jitter   min_rtt p99   median p99
-  1 ms     see FILTER_COMPARISON below (filled from the measurement)
+  jitter 1 ms:   median 0.24/0.26/0.23/0.24/0.24 ms    min_rtt 0.25/0.34/0.28/0.34/0.25 ms
+  jitter 20 ms:  median 3.97 ms (-200 ppm) ... 3.13-4.73  min_rtt 4.13 ms (-200 ppm)
+  60 s runs, 20 ms, 0 ppm: median 3.19 ms, min_rtt 5.22 ms
 
-Both were also run on the 41 real exchanges of the recorded captures (loopback, so the true
-drift is ~0 and RTTs are 30..3000 us); see `FILTER_COMPARISON`.
+Min-RTT needs one lucky exchange with small delays both ways; with 3 s between requests that
+is rare, and between lucky samples it rides on a single noisy value. The median averages the
+asymmetry away. On the recorded captures (loopback, RTT 30 us..3 ms, 14 exchanges each; error
+predicting each next sample from the earlier ones) the two are within 0.1 ms of each other:
+node-airtunes median |err| 0.23 ms (min_rtt 0.14; its clock has 1 ms steps), cliraop 0.005 ms
+(0.004), pyatv 0.026 ms (0.015), worst 1.6 ms for both (one 3.2 ms exchange); drift -8.5, -0.3,
+-0.1 ppm. There the reference itself is one noisy sample, so the simulated scenarios decide.
 """
 
 import math

@@ -47,8 +47,9 @@ def stuff(block: Pcm, delta: int, method: StuffMethod = "spread") -> Pcm:
       default without soxr). Smooth, but it touches every sample, and linear interpolation at
       fractional positions is a low-pass (up to -2.4 dB at 10 kHz half-way between samples).
 
-    Measured on a 1024-frame block (benchmarks/sync.py --stuff-cost): "spread" costs about
-    10 us per call, "vernier" about 60 us; both are far inside a 23 ms period.
+    Measured (timeit, one frame on a 1024-frame stereo block, x86 dev box): "spread" 26-30 us,
+    "vernier" 71-109 us per call; both far inside a 23 ms period, and "spread" leaves 1023 of
+    1024 frames bit-exact, which is why it is the default.
     """
     frames = len(block)
     if delta == 0:
