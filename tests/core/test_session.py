@@ -1,0 +1,363 @@
+"""RaopSession driven directly, sans I/O, on virtual time: RTSP dialogue, audio path, policies."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import plistlib
+import random
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from raopd.core.arbiter import PlayArbiter
+from raopd.core.events import AudioReady, SessionEnded, StreamStarted, VolumeChanged
+from raopd.core.jitter import JitterSettings
+from raopd.core.packets import AudioPacket, ResendRequest, ResentAudio
+from raopd.core.rtsp import RtspReader
+from raopd.core.seq import rtp_add, seq_add
+from raopd.core.session import (
+    Channel,
+    RaopSession,
+    ReceiverInfo,
+    SessionPorts,
+    SessionSettings,
+)
+from raopd.media.alac_encode import verbatim_alac_frame
+from raopd.media.crypto import PacketCipher, airport_key
+
+HW = bytes.fromhex("0a1b2c3d4e5f")
+PEER = "192.0.2.10"  # documentation range: never contacted, the session is sans-I/O
+LOCAL = "192.0.2.1"
+PORTS = SessionPorts(audio=6003, control=6001, timing=6002)
+SENDER_CONTROL = (PEER, 50001)
+FRAMES = 352
+
+
+def make_session(arbiter=None, password=None, **settings) -> RaopSession:
+    return RaopSession(
+        receiver=ReceiverInfo(name="Test", hw_addr=HW, password=password),
+        ports=PORTS,
+        local_ip=LOCAL,
+        peer_ip=PEER,
+        now=0.0,
+        arbiter=arbiter,
+        settings=SessionSettings(**settings),
+        nonce="fixednonce",
+    )
+
+
+def request(method: str, uri: str = "rtsp://192.0.2.1/1", cseq: int = 1, body: bytes = b"",
+            **headers: str) -> bytes:
+    lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {cseq}"]
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Parse RTSP responses with the request reader by turning the status line into a request."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        length = int(headers.get("Content-Length", "0"))
+        out.append((status, headers, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+def exchange(session: RaopSession, data: bytes, now: float = 0.0):
+    session.receive_data(data, now)
+    (resp,) = responses(session.data_to_send())
+    return resp
+
+
+def sdp(encrypted: bool) -> tuple[bytes, PacketCipher | None]:
+    lines = [
+        "v=0", "o=iTunes 1 0 IN IP4 192.0.2.10", "s=iTunes", "c=IN IP4 192.0.2.1", "t=0 0",
+        "m=audio 0 RTP/AVP 96", "a=rtpmap:96 AppleLossless",
+        "a=fmtp:96 352 0 16 40 10 14 2 255 0 0 44100",
+    ]
+    cipher = None
+    if encrypted:
+        key, iv = os.urandom(16), os.urandom(16)
+        wrapped = airport_key().public_key().encrypt(
+            key, padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)
+        )
+        lines += [
+            "a=rsaaeskey:" + base64.b64encode(wrapped).decode().rstrip("="),
+            "a=aesiv:" + base64.b64encode(iv).decode().rstrip("="),
+        ]
+        cipher = PacketCipher(key, iv)
+    return ("\r\n".join(lines) + "\r\n").encode(), cipher
+
+
+def start(session: RaopSession, encrypted=True, seq=100, rtptime=1000):
+    body, cipher = sdp(encrypted)
+    assert exchange(session, request("ANNOUNCE", cseq=2, body=body,
+                                     Content_Type="application/sdp"))[0] == 200
+    status, headers, _ = exchange(session, request(
+        "SETUP", cseq=3,
+        Transport="RTP/AVP/UDP;unicast;interleaved=0-1;mode=record;control_port=50001;"
+                  "timing_port=50002"))
+    assert status == 200
+    assert "server_port=6003" in headers["Transport"] and headers["Session"] == "1"
+    status, headers, _ = exchange(session, request(
+        "RECORD", cseq=4, Range="npt=0-", RTP_Info=f"seq={seq};rtptime={rtptime}"))
+    assert status == 200 and headers["Audio-Latency"] == "11025"
+    return cipher
+
+
+def audio_datagrams(cipher, seq, rtptime, n, rng):
+    pcm = rng.integers(-32768, 32767, size=(n * FRAMES, 2), dtype=np.int16)
+    packets = []
+    for i in range(n):
+        payload = verbatim_alac_frame(pcm[i * FRAMES:(i + 1) * FRAMES])
+        if cipher is not None:
+            payload = cipher.encrypt(payload)
+        packets.append(AudioPacket(seq_add(seq, i), rtp_add(rtptime, i * FRAMES), 1, payload,
+                                   marker=i == 0))
+    return pcm, packets
+
+
+def collect_audio(session: RaopSession) -> tuple[np.ndarray, list[AudioReady]]:
+    blocks = []
+    while (event := session.next_event()) is not None:
+        if isinstance(event, AudioReady):
+            blocks.append(event)
+    pcm = np.concatenate([b.pcm for b in blocks]) if blocks else np.zeros((0, 2), np.int16)
+    return pcm, blocks
+
+
+def test_options_answers_apple_challenge_with_our_address_and_hw_addr():
+    session = make_session()
+    challenge = base64.b64encode(bytes(range(16))).decode().rstrip("=")
+    status, headers, _ = exchange(session, request("OPTIONS", "*", Apple_Challenge=challenge))
+    assert status == 200 and "ANNOUNCE" in headers["Public"]
+    signature = base64.b64decode(headers["Apple-Response"] + "==")
+    message = airport_key().public_key().recover_data_from_signature(
+        signature, padding.PKCS1v15(), None
+    )
+    assert message == bytes(range(16)) + bytes([192, 0, 2, 1]) + HW + bytes(6)
+
+
+def test_encrypted_alac_session_gives_exact_audio_in_order():
+    session = make_session()
+    cipher = start(session, seq=65530, rtptime=0xFFFFF000)
+    pcm, packets = audio_datagrams(cipher, 65530, 0xFFFFF000, 40, np.random.default_rng(1))
+    order = packets[:]
+    random.Random(2).shuffle(order[5:15])  # reordering within the window
+    for i, p in enumerate(order):
+        session.datagram_received(Channel.AUDIO, bytes(p), (PEER, 40000), now=i * 0.008)
+    out, blocks = collect_audio(session)
+    assert np.array_equal(out, pcm)
+    assert not any(b.lost for b in blocks)
+    assert blocks[0].rtptime == 0xFFFFF000
+
+
+def test_lost_packet_is_requested_then_repaired_by_resend():
+    session = make_session()
+    cipher = start(session, seq=10, rtptime=0)
+    pcm, packets = audio_datagrams(cipher, 10, 0, 10, np.random.default_rng(3))
+    for p in packets[:4] + packets[5:]:
+        session.datagram_received(Channel.AUDIO, bytes(p), (PEER, 40000), now=0.0)
+    session.datagrams_to_send()  # timing requests
+    session.handle_timer(0.1)
+    sent = [d for d in session.datagrams_to_send() if d[0] is Channel.CONTROL]
+    assert sent == [(Channel.CONTROL, bytes(ResendRequest(14, 1)), SENDER_CONTROL)]
+    resent = ResentAudio(packets[4], request_seq=14)
+    session.datagram_received(Channel.CONTROL, bytes(resent), (PEER, 50001), now=0.15)
+    out, blocks = collect_audio(session)
+    assert np.array_equal(out, pcm) and not any(b.lost for b in blocks)
+
+
+def test_unrepaired_losses_become_silence_of_exactly_their_length():
+    session = make_session(jitter=JitterSettings(resend=False, repair_window=0.5))
+    cipher = start(session, seq=0, rtptime=5000)
+    pcm, packets = audio_datagrams(cipher, 0, 5000, 20, np.random.default_rng(4))
+    dropped = {0, 7, 8, 19}
+    for p in packets:
+        if p.seq not in dropped:
+            session.datagram_received(Channel.AUDIO, bytes(p), (PEER, 40000), now=0.0)
+    assert session.datagrams_to_send() == [] or all(
+        d[0] is not Channel.CONTROL for d in session.datagrams_to_send()
+    )
+    session.handle_timer(0.5)
+    session.finish()
+    out, blocks = collect_audio(session)
+    expected = pcm.copy()
+    for s in (0, 7, 8):
+        expected[s * FRAMES:(s + 1) * FRAMES] = 0
+    # The final packet's loss is invisible: nothing after it says it existed.
+    assert np.array_equal(out, expected[: 19 * FRAMES])
+    assert blocks[0].rtptime == 5000 and blocks[0].lost
+
+
+def test_second_sender_gets_453_until_the_first_goes_away():
+    arbiter = PlayArbiter()
+    first, second, third = make_session(arbiter), make_session(arbiter), make_session(arbiter)
+    start(first)
+    body, _ = sdp(False)
+    ann = request("ANNOUNCE", body=body, Content_Type="application/sdp")
+    assert exchange(second, ann)[0] == 453
+    first.connection_lost(now=1.0)
+    assert isinstance(_last_event(first), SessionEnded)
+    assert exchange(third, ann)[0] == 200
+
+
+def test_interruption_allowed_preempts_the_playing_session():
+    arbiter = PlayArbiter(allow_interruption=True)
+    first, second = make_session(arbiter), make_session(arbiter)
+    start(first)
+    woken = []
+    first.wakeup = lambda: woken.append(True)
+    body, _ = sdp(False)
+    assert exchange(second, request("ANNOUNCE", body=body,
+                                    Content_Type="application/sdp"))[0] == 200
+    assert first.should_close and woken == [True]
+    assert _last_event(first) == SessionEnded("interrupted by another sender")
+
+
+def _last_event(session):
+    last = None
+    while (event := session.next_event()) is not None:
+        last = event
+    return last
+
+
+def digest(method: str, uri: str, password: str, nonce: str = "fixednonce", upper=False) -> str:
+    def h(s):
+        d = hashlib.md5(s.encode()).hexdigest()
+        return d.upper() if upper else d
+    ha1, ha2 = h(f"iTunes:raop:{password}"), h(f"{method}:{uri}")
+    resp = h(f"{ha1}:{nonce}:{ha2}")
+    return (f'Digest username="iTunes", realm="raop", nonce="{nonce}", uri="{uri}", '
+            f'response="{resp}"')
+
+
+@pytest.mark.parametrize("upper", [False, True])
+def test_password_protects_everything_but_options(upper):
+    session = make_session(password="secret")
+    assert exchange(session, request("OPTIONS", "*"))[0] == 200
+    body, _ = sdp(False)
+    status, headers, _ = exchange(session, request("ANNOUNCE", body=body,
+                                                   Content_Type="application/sdp"))
+    assert status == 401 and 'nonce="fixednonce"' in headers["WWW-Authenticate"]
+    bad = digest("ANNOUNCE", "rtsp://192.0.2.1/1", "wrong", upper=upper)
+    assert exchange(session, request("ANNOUNCE", body=body, Authorization=bad,
+                                     Content_Type="application/sdp"))[0] == 401
+    good = digest("ANNOUNCE", "rtsp://192.0.2.1/1", "secret", upper=upper)
+    assert exchange(session, request("ANNOUNCE", body=body, Authorization=good,
+                                     Content_Type="application/sdp"))[0] == 200
+
+
+def test_teardown_with_empty_uri_is_answered_and_ends_the_session():
+    session = make_session()
+    start(session)
+    session.receive_data(b"TEARDOWN  RTSP/1.0\r\nCSeq: 9\r\n\r\n", 1.0)
+    (status, headers, _), = responses(session.data_to_send())
+    assert status == 200 and headers["CSeq"] == "9"
+    assert session.should_close
+    assert _last_event(session) == SessionEnded("teardown")
+
+
+def test_unknown_methods_get_501_and_info_a_binary_plist():
+    session = make_session()
+    assert exchange(session, request("SETRATEANCHORTIME"))[0] == 501
+    assert exchange(session, request("POST", "/auth-setup", body=b"x" * 33))[0] == 501
+    status, headers, body = exchange(session, request("GET", "/info"))
+    assert status == 200 and plistlib.loads(body)["name"] == "Test"
+    assert not session.should_close
+
+
+def test_setup_before_announce_is_refused_in_state():
+    session = make_session()
+    assert exchange(session, request("SETUP", Transport="RTP/AVP/UDP"))[0] == 455
+
+
+def test_volume_get_and_set():
+    session = make_session()
+    start(session)
+    assert exchange(session, request("SET_PARAMETER", body=b"volume: -11.5\r\n",
+                                     Content_Type="text/parameters"))[0] == 200
+    assert VolumeChanged(-11.5) in _events(session)
+    _, headers, body = exchange(session, request("GET_PARAMETER", body=b"volume\r\n",
+                                                 Content_Type="text/parameters"))
+    assert body == b"volume: -11.500000\r\n"
+
+
+def _events(session):
+    out = []
+    while (event := session.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def test_malformed_rtsp_gets_400_and_the_connection_closes():
+    session = make_session()
+    session.receive_data(b"\x00\x01garbage that is not RTSP\r\n\r\n", 0.0)
+    (status, _, _), = responses(session.data_to_send())
+    assert status == 400 and session.should_close
+
+
+def test_record_announces_stream_start():
+    session = make_session()
+    start(session, encrypted=False)
+    started = [e for e in _events(session) if isinstance(e, StreamStarted)]
+    assert started and started[0].rtptime == 1000 and not started[0].params.encrypted
+
+
+def test_idle_session_times_out():
+    session = make_session(session_timeout=5.0)
+    start(session)
+    assert session.get_timer() <= 5.0
+    session.handle_timer(5.0)
+    assert SessionEnded("timed out") in _events(session)
+    assert session.get_timer() is None
+
+
+def test_datagrams_from_another_host_are_ignored():
+    session = make_session()
+    cipher = start(session)
+    _, packets = audio_datagrams(cipher, 100, 1000, 3, np.random.default_rng(5))
+    for p in packets:
+        session.datagram_received(Channel.AUDIO, bytes(p), ("192.0.2.99", 40000), now=0.0)
+    out, _ = collect_audio(session)
+    assert len(out) == 0 and session.stats.foreign_datagrams == 3
+
+
+def test_ten_thousand_bad_datagrams_never_raise_and_do_not_disturb_the_stream():
+    session = make_session()
+    cipher = start(session, seq=0, rtptime=0)
+    pcm, packets = audio_datagrams(cipher, 0, 0, 10, np.random.default_rng(6))
+    rng = random.Random(7)
+    good = [bytes(p) for p in packets]
+    for i in range(10_000):
+        kind = i % 4
+        if kind == 0:
+            data = rng.randbytes(rng.randrange(0, 64))
+        elif kind == 1:
+            data = good[i % 10][: rng.randrange(0, 12)]  # truncated header
+        elif kind == 2:
+            # a valid header with a garbage payload: undecodable, counted
+            data = bytes(AudioPacket(500 + i % 100, 999_999, 1, rng.randbytes(rng.randrange(1, 64))))
+        else:
+            data = b"\x80\xd4" + rng.randbytes(rng.randrange(0, 40))
+        channel = (Channel.AUDIO, Channel.CONTROL, Channel.TIMING)[i % 3]
+        session.datagram_received(channel, data, (PEER, 40000), now=0.0)
+    assert session.stats.bad_datagrams > 0
+    # The real stream still plays through: a fresh flush and the packets.
+    session.receive_data(request("FLUSH", cseq=20, RTP_Info="seq=0;rtptime=0"), 0.1)
+    session.data_to_send()
+    _events(session)
+    for p in good:
+        session.datagram_received(Channel.AUDIO, p, (PEER, 40000), now=0.2)
+    out, _ = collect_audio(session)
+    assert np.array_equal(out, pcm)
