@@ -57,9 +57,15 @@ Kind = Literal["str", "int", "float", "bool", "path"]
 Check = Callable[[Any], str | None]  # returns what is wrong, or None
 
 
-def _setting(default: Any, kind: Kind, help: str, check: Check | None = None) -> Any:
-    """A Config field with what parsing, validation and --help need to know about it."""
-    return field(default=default, metadata={"kind": kind, "help": help, "check": check})
+def _setting(
+    default: Any, kind: Kind, help: str, check: Check | None = None, shown: str | None = None
+) -> Any:
+    """A Config field with what parsing, validation and --help need to know about it.
+
+    `shown` describes the default in --help when the value itself would not say much.
+    """
+    metadata = {"kind": kind, "help": help, "check": check, "shown": shown}
+    return field(default=default, metadata=metadata)
 
 
 def _int_range(low: int, high: int, note: str = "") -> Check:
@@ -108,27 +114,31 @@ class Config:
         "str",
         "speaker name senders show; %h = host name, %H = host name with a capital first "
         "letter, %v = raopd version; at most 50 characters",
+        shown="%H, the host name with a capital first letter",
     )
     port: int = _setting(DEFAULT_PORT, "int", "RTSP (TCP) port", _int_range(1, 65535))
     address: str = _setting(
-        "", "str", "IP address to listen on (empty: all addresses)", _ip_or_empty
+        "", "str", "IP address to listen on", _ip_or_empty, shown="all addresses"
     )
     interface: str = _setting(
         "",
         "str",
-        "network interfaces to advertise on, comma-separated (empty: all but loopback)",
+        "network interfaces to advertise on, comma-separated",
+        shown="all but loopback",
     )
-    password: str | None = _setting(None, "str", "password senders must give (empty: none)")
+    password: str | None = _setting(None, "str", "password senders must give", shown="none")
     device_id: str | None = _setting(
         None,
         "str",
-        "the 12 hex digits before '@' in the mDNS name (default: derived once, then kept)",
+        "the 12 hex digits before '@' in the mDNS name, also used in Apple-Response",
         _device_id,
+        shown="derived from a MAC address (else random) once, then kept",
     )
     state_dir: Path | None = _setting(  # noqa: RUF009 - _setting returns a dataclass field
         None,
         "path",
-        "where the generated device id is kept (default: $XDG_STATE_HOME/raopd or /var/lib/raopd)",
+        "where a generated device id is kept",
+        shown="$XDG_STATE_HOME/raopd, else /var/lib/raopd",
     )
     http_port: int = _setting(
         DEFAULT_HTTP_PORT,
@@ -149,6 +159,7 @@ class Config:
         "str",
         "write audio to this file instead of ALSA: raw S16_LE 44.1 kHz stereo, WAV if it ends "
         "in .wav, '-' for stdout",
+        shown="none: play on ALSA",
     )
     period_frames: int = _setting(1024, "int", "ALSA period size in frames", _int_range(32, 65536))
     buffer_frames: int = _setting(
@@ -197,15 +208,16 @@ class Config:
     volume_range_db: float | None = _setting(
         None,
         "float",
-        "attenuation range of the volume slider in dB (default: the mixer's own range, or "
-        "60 dB in software)",
+        "attenuation range of the volume slider in dB",
         _float_range(30.0, 150.0, " dB"),
+        shown="the mixer's own range, or 60 in software",
     )
     volume_max_db: float | None = _setting(
         None,
         "float",
-        "loudest level in dB relative to full scale (default: 0 dB or the mixer's maximum)",
+        "loudest level in dB relative to full scale",
         _float_range(-96.0, 24.0, " dB"),
+        shown="0 in software, or the mixer's maximum",
     )
     ignore_volume: bool = _setting(False, "bool", "ignore volume changes from senders")
     default_volume: float = _setting(
@@ -219,10 +231,13 @@ class Config:
         ),
     )
     mixer_control: str | None = _setting(
-        None, "str", "ALSA mixer control for hardware volume, e.g. PCM (default: software)"
+        None,
+        "str",
+        "ALSA mixer control for hardware volume, e.g. PCM",
+        shown="none: volume in software",
     )
     mixer_device: str | None = _setting(
-        None, "str", "ALSA mixer device (default: derived from device)"
+        None, "str", "ALSA mixer device", shown="the card of device"
     )
     # diagnostics
     log_level: str = _setting(
@@ -240,6 +255,16 @@ FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fiel
 def setting_help(key: str) -> str:
     """The one-line description of a setting (for --help)."""
     return str(FIELDS[key].metadata["help"])
+
+
+def setting_default_text(key: str) -> str:
+    """The default of a setting as --help shows it."""
+    field_ = FIELDS[key]
+    if field_.metadata["shown"]:
+        return str(field_.metadata["shown"])
+    if isinstance(field_.default, bool):
+        return "yes" if field_.default else "no"
+    return str(field_.default)
 
 
 def setting_kind(key: str) -> Kind:
@@ -583,6 +608,7 @@ __all__ = [
     "env_name",
     "expand_name",
     "load_config",
+    "setting_default_text",
     "setting_help",
     "setting_kind",
 ]

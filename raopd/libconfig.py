@@ -181,11 +181,12 @@ class _Parser:
 
     def string(self) -> str:
         text = self.text
+        start = self.pos
         self.pos += 1  # opening quote
         out: list[str] = []
         while True:
             if self.pos >= len(text) or text[self.pos] == "\n":
-                raise self.error("string is not closed before the end of the line")
+                raise self.error("string is not closed before the end of the line", start)
             ch = text[self.pos]
             if ch == '"':
                 self.pos += 1
