@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import types
@@ -38,7 +39,7 @@ class FakeDaemon:
 
 @pytest.fixture
 def daemon(monkeypatch):
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("RAOPD_"):
             monkeypatch.delenv(name)
     fake = FakeDaemon()
