@@ -1,23 +1,129 @@
-"""Command-line entry point: `raopd` runs the receiver, `raopd replay` decodes a capture."""
+"""Command-line entry point: `raopd [options]` runs the receiver, `raopd replay` decodes a capture.
+
+Options are the settings of `raopd.config` (same names as the config file and the `RAOPD_*`
+variables); only the ones actually given are passed on, so they override the file and the
+environment without hiding them. Logs go to stderr, one line per record, so stdout can carry
+audio (`--output -`). A bad configuration is one line, `raopd: <message>`, and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
+import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from raopd import __version__
-from raopd.errors import RaopError
+from raopd.config import (
+    FIELDS,
+    Config,
+    describe,
+    env_name,
+    load_config,
+    setting_default_text,
+    setting_help,
+)
+from raopd.errors import ConfigError, RaopError
+
+EXIT_CONFIG = 2
+TRACE = 5  # below DEBUG: raopd's debug output plus third-party libraries' debug output
+logging.addLevelName(TRACE, "TRACE")
+
+logger = logging.getLogger("raopd")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit code 2, like config errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"raopd: {message} (see raopd --help)\n")
+
+
+def _help(key: str, extra: str = "") -> str:
+    text = setting_help(key) + extra
+    shown = setting_default_text(key)
+    return f"{text} (default: {shown}; config key {key}, env {env_name(key)})".replace("%", "%%")
+
+
+# flag -> (setting key, metavar). Every one stores text; load_config parses and validates it,
+# so a bad value gets the same message from a flag, a variable or the file.
+_VALUE_OPTIONS: list[tuple[str, str, str]] = [
+    ("--name", "name", "NAME"),
+    ("--port", "port", "PORT"),
+    ("--address", "address", "IP"),
+    ("--interface", "interface", "IFACES"),
+    ("--password", "password", "SECRET"),
+    ("--device-id", "device_id", "HEX12"),
+    ("--state-dir", "state_dir", "DIR"),
+    ("--http-port", "http_port", "PORT"),
+    ("--device", "device", "PCM"),
+    ("--output", "output", "PATH"),
+    ("--latency-offset", "latency_offset", "SECONDS"),
+    ("--session-timeout", "session_timeout", "SECONDS"),
+    ("--log-level", "log_level", "LEVEL"),
+]
+_SWITCHES: list[tuple[str, str]] = [
+    ("--allow-interruption", "allow_session_interruption"),
+    ("--resend", "resend"),
+    ("--statistics", "statistics"),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document every option in --help)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="raopd",
-        description="AirPlay 1 (RAOP) receiver: plays what Macs, iPhones and other senders stream.",
+        description="AirPlay 1 (RAOP) receiver: plays what Macs, iPhones and other senders "
+        "stream. Settings come from defaults, then the config file, then RAOPD_<KEY> "
+        "environment variables, then these options.",
+        epilog="Every setting can also go in the config file (raopd TOML with the key names "
+        "shown, or an existing shairport-sync.conf) or in RAOPD_<KEY> variables. "
+        "'raopd replay CAPTURE --output OUT' decodes a recorded session offline.",
     )
     parser.add_argument("--version", action="version", version=f"raopd {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="config file: raopd TOML (flat keys) or a shairport-sync.conf "
+        "(default: $RAOPD_CONFIG, else none)",
+    )
+    for flag, key, metavar in _VALUE_OPTIONS:
+        extra = ""
+        if key == "log_level":
+            extra = "; -v/--verbose is a shorthand"
+        parser.add_argument(
+            flag, dest=key, metavar=metavar, default=argparse.SUPPRESS, help=_help(key, extra)
+        )
+    for flag, key in _SWITCHES:
+        parser.add_argument(
+            flag,
+            dest=key,
+            action=argparse.BooleanOptionalAction,
+            default=argparse.SUPPRESS,
+            help=_help(key),
+        )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output: -v is --log-level debug, -vv is trace (debug output of the "
+        "libraries too); an explicit --log-level wins",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings as TOML (password hidden) and exit",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     replay = commands.add_parser(
         "replay",
         help="decode a recorded session (pcap) offline and print a summary",
@@ -28,24 +134,92 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--output",
         "-o",
+        dest="replay_output",
         type=Path,
         help="where to write the audio: WAV if it ends in .wav, else raw S16_LE 44.1 kHz stereo",
     )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def flags_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """The settings the user gave on the command line, keyed by setting name."""
+    given = vars(args)
+    flags: dict[str, object] = {key: given[key] for key in FIELDS if key in given}
+    verbose = int(given.get("verbose", 0))
+    if verbose and "log_level" not in flags:
+        flags["log_level"] = "debug" if verbose == 1 else "trace"
+    return flags
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Keeps each record on one line (tracebacks included) so log collectors keep it whole."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " | ")
+
+
+def configure_logging(level: str, stream: object = None) -> None:
+    """One stderr handler on the root logger; raopd at `level`, libraries at INFO unless trace."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_raopd", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler._raopd = True  # type: ignore[attr-defined]
+    handler.setFormatter(
+        _OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root.addHandler(handler)
+    numeric = TRACE if level == "trace" else logging.getLevelName(level.upper())
+    logging.getLogger("raopd").setLevel(numeric if numeric != TRACE else logging.DEBUG)
+    root.setLevel(logging.DEBUG if numeric == TRACE else max(int(numeric), logging.INFO))
+
+
+def load_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Config:
+    """The Config for these parsed arguments and this environment."""
+    path: Path | None = getattr(args, "config", None)
+    if path is None and environ.get("RAOPD_CONFIG"):
+        path = Path(environ["RAOPD_CONFIG"])
+    return load_config(flags_from_args(args), environ, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Run raopd; returns the process exit code."""
     args = build_parser().parse_args(argv)
     if args.command == "replay":
         from raopd.replay import replay
 
         try:
-            summary = replay(args.capture, args.output)
+            summary = replay(args.capture, args.replay_output)
         except (OSError, RaopError) as exc:
             print(f"raopd replay: {exc}", file=sys.stderr)
             return 1
         print(summary.render())
         return 0
-    print("raopd: the receiver daemon is not built yet; try 'raopd replay'", file=sys.stderr)
-    return 2
+
+    # Logging first, so warnings about the config file come out in the final format.
+    configure_logging("info")
+    try:
+        config = load_from_args(args, dict(os.environ))
+    except ConfigError as exc:
+        print(f"raopd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.print_config:
+        print(describe(config))
+        return 0
+    configure_logging(config.log_level)
+
+    # The daemon pulls in sockets, ALSA and zeroconf: load it only when it is going to run.
+    daemon = importlib.import_module("raopd.daemon")
+
+    try:
+        asyncio.run(daemon.run(config))
+    except ConfigError as exc:  # e.g. an address that cannot be bound is still configuration
+        print(f"raopd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (OSError, RaopError) as exc:
+        logger.debug("fatal error", exc_info=True)
+        print(f"raopd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

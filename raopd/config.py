@@ -1,0 +1,614 @@
+"""raopd's settings: one frozen `Config`, built from four layers.
+
+Precedence, lowest first: built-in defaults < a config file < `RAOPD_<KEY>` environment
+variables < command-line flags. Every key is flat and has the same name everywhere: `port` in
+the TOML file, `RAOPD_PORT` in the environment, `--port` on the command line.
+
+The config file is either raopd's own TOML (flat keys, no tables) or an existing
+`shairport-sync.conf` (libconfig syntax), read as-is for the settings the two programs share;
+the rest of a shairport-sync file is named in one warning line per setting and ignored. Which
+of the two a file is follows from its extension (`.toml`; `.conf`/`.cfg`), else its content.
+
+Every problem is a `ConfigError` with one line that says where the bad value came from (flag,
+variable, file and line) and what is allowed; unknown keys suggest the closest valid one.
+
+Mapping decisions for shairport-sync files:
+- `general.volume_control_profile`: `flat` -> `flat`; `standard` and `dasl_tapered` ->
+  `tapered` (raopd has one tapered curve; both shairport-sync tapers make the low half of the
+  slider usable, which is what users of either want).
+- `general.output_backend`: `alsa` is what raopd does; `stdout` -> `output = "-"`; `pipe` ->
+  `output = pipe.name` (shairport-sync's default pipe path if unset); others are unsupported.
+- `diagnostics.log_verbosity` 0/1/2+ -> `info`/`debug`/`trace`.
+- shairport-sync's yes/no strings are booleans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import logging
+import math
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from raopd import __version__
+from raopd.errors import ConfigError
+from raopd.libconfig import Value, parse_libconfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 5000
+DEFAULT_HTTP_PORT = 9798
+ENV_PREFIX = "RAOPD_"
+# Environment variables with the prefix that are not settings: the CLI reads RAOPD_CONFIG as
+# the default of --config.
+ENV_RESERVED = frozenset({"RAOPD_CONFIG"})
+LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
+VOLUME_CURVES = ("tapered", "flat")
+MAX_NAME_LENGTH = 50  # what shairport-sync allows; leaves room in the 63-byte mDNS label
+
+Kind = Literal["str", "int", "float", "bool", "path"]
+Check = Callable[[Any], str | None]  # returns what is wrong, or None
+
+
+def _setting(
+    default: Any, kind: Kind, help: str, check: Check | None = None, shown: str | None = None
+) -> Any:
+    """A Config field with what parsing, validation and --help need to know about it.
+
+    `shown` describes the default in --help when the value itself would not say much.
+    """
+    metadata = {"kind": kind, "help": help, "check": check, "shown": shown}
+    return field(default=default, metadata=metadata)
+
+
+def _int_range(low: int, high: int, note: str = "") -> Check:
+    return lambda v: None if low <= v <= high else f"must be an integer from {low} to {high}{note}"
+
+
+def _float_range(low: float, high: float, unit: str = "", note: str = "") -> Check:
+    return lambda v: (
+        None
+        if math.isfinite(v) and low <= v <= high
+        else f"must be from {low} to {high}{unit}{note}"
+    )
+
+
+def _choice(options: tuple[str, ...]) -> Check:
+    return lambda v: None if v in options else "must be one of " + ", ".join(options)
+
+
+def _ip_or_empty(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        ipaddress.ip_address(value.split("%", 1)[0])
+    except ValueError:
+        return "must be an IP address (or empty for all addresses)"
+    return None
+
+
+def _device_id(value: str | None) -> str | None:
+    if value is None or re.fullmatch(r"[0-9A-F]{12}", value):
+        return None
+    return "must be 12 hex digits (6 bytes, colons allowed), e.g. 0A1B2C3D4E5F"
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting of the daemon. Field names are the keys of the file, env and flags."""
+
+    # identity and network
+    name: str = _setting(
+        "%H",
+        "str",
+        "speaker name senders show; %h = host name, %H = host name with a capital first "
+        "letter, %v = raopd version; at most 50 characters",
+        shown="%H, the host name with a capital first letter",
+    )
+    port: int = _setting(DEFAULT_PORT, "int", "RTSP (TCP) port", _int_range(1, 65535))
+    address: str = _setting(
+        "", "str", "IP address to listen on", _ip_or_empty, shown="all addresses"
+    )
+    interface: str = _setting(
+        "",
+        "str",
+        "network interfaces to advertise on, comma-separated",
+        shown="all but loopback",
+    )
+    password: str | None = _setting(None, "str", "password senders must give", shown="none")
+    device_id: str | None = _setting(
+        None,
+        "str",
+        "the 12 hex digits before '@' in the mDNS name, also used in Apple-Response",
+        _device_id,
+        shown="derived from a MAC address (else random) once, then kept",
+    )
+    state_dir: Path | None = _setting(  # noqa: RUF009 - _setting returns a dataclass field
+        None,
+        "path",
+        "where a generated device id is kept",
+        shown="$XDG_STATE_HOME/raopd, else /var/lib/raopd",
+    )
+    http_port: int = _setting(
+        DEFAULT_HTTP_PORT,
+        "int",
+        "HTTP port for /healthz, /readyz and /metrics (0: off)",
+        _int_range(0, 65535),
+    )
+    udp_port_base: int = _setting(
+        6001, "int", "first UDP port for audio, control and timing", _int_range(1, 65535)
+    )
+    udp_port_range: int = _setting(
+        10, "int", "how many UDP ports from udp_port_base may be used", _int_range(3, 65535)
+    )
+    # audio output
+    device: str = _setting("default", "str", "ALSA PCM to play on", _non_empty)
+    output: str | None = _setting(
+        None,
+        "str",
+        "write audio to this file instead of ALSA: raw S16_LE 44.1 kHz stereo, WAV if it ends "
+        "in .wav, '-' for stdout",
+        shown="none: play on ALSA",
+    )
+    period_frames: int = _setting(1024, "int", "ALSA period size in frames", _int_range(32, 65536))
+    buffer_frames: int = _setting(
+        8192, "int", "ALSA buffer size in frames (at least 2 periods)", _int_range(64, 1048576)
+    )
+    # sessions
+    allow_session_interruption: bool = _setting(
+        False, "bool", "let a new sender take over from the one playing"
+    )
+    session_timeout: float = _setting(
+        60.0,
+        "float",
+        "seconds of silence from a sender before its session ends (0: never)",
+        _float_range(0.0, 86400.0, " s"),
+    )
+    resend: bool = _setting(True, "bool", "ask senders to resend lost packets")
+    # timing
+    latency_offset: float = _setting(
+        0.0,
+        "float",
+        "seconds added to the sender's latency (+ plays later, - earlier)",
+        _float_range(-2.0, 2.0, " s"),
+    )
+    drift_tolerance: float = _setting(
+        0.002,
+        "float",
+        "sync error (s) tolerated before correcting drift",
+        _float_range(0.0, 1.0, " s"),
+    )
+    resync_threshold: float = _setting(
+        0.050,
+        "float",
+        "sync error (s) that triggers a hard resync (0: never)",
+        _float_range(0.0, 10.0, " s"),
+    )
+    max_correction_ppm: float = _setting(
+        500.0,
+        "float",
+        "largest drift correction, in parts per million",
+        _float_range(0.0, 10000.0, " ppm"),
+    )
+    # volume
+    volume_curve: str = _setting(
+        "tapered", "str", "slider-to-dB curve: tapered or flat", _choice(VOLUME_CURVES)
+    )
+    volume_range_db: float | None = _setting(
+        None,
+        "float",
+        "attenuation range of the volume slider in dB",
+        _float_range(30.0, 150.0, " dB"),
+        shown="the mixer's own range, or 60 in software",
+    )
+    volume_max_db: float | None = _setting(
+        None,
+        "float",
+        "loudest level in dB relative to full scale",
+        _float_range(-96.0, 24.0, " dB"),
+        shown="0 in software, or the mixer's maximum",
+    )
+    ignore_volume: bool = _setting(False, "bool", "ignore volume changes from senders")
+    default_volume: float = _setting(
+        -24.0,
+        "float",
+        "AirPlay volume before a sender sets one (-30..0, -144 = mute)",
+        lambda v: (
+            None
+            if v == -144.0 or -30.0 <= v <= 0.0
+            else "must be from -30.0 to 0.0, or -144 (mute)"
+        ),
+    )
+    mixer_control: str | None = _setting(
+        None,
+        "str",
+        "ALSA mixer control for hardware volume, e.g. PCM",
+        shown="none: volume in software",
+    )
+    mixer_device: str | None = _setting(
+        None, "str", "ALSA mixer device", shown="the card of device"
+    )
+    # diagnostics
+    log_level: str = _setting(
+        "info", "str", "trace, debug, info, warning, error or critical", _choice(LOG_LEVELS)
+    )
+    statistics: bool = _setting(False, "bool", "log playback statistics periodically")
+    statistics_interval: float = _setting(
+        8.0, "float", "seconds between statistics lines", _float_range(0.5, 3600.0, " s")
+    )
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def setting_help(key: str) -> str:
+    """The one-line description of a setting (for --help)."""
+    return str(FIELDS[key].metadata["help"])
+
+
+def setting_default_text(key: str) -> str:
+    """The default of a setting as --help shows it."""
+    field_ = FIELDS[key]
+    if field_.metadata["shown"]:
+        return str(field_.metadata["shown"])
+    if isinstance(field_.default, bool):
+        return "yes" if field_.default else "no"
+    return str(field_.default)
+
+
+def setting_kind(key: str) -> Kind:
+    """How a setting's text is parsed: str, int, float, bool or path."""
+    kind: Kind = FIELDS[key].metadata["kind"]
+    return kind
+
+
+def env_name(key: str) -> str:
+    """The environment variable of a setting."""
+    return ENV_PREFIX + key.upper()
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(
+    flags: Mapping[str, object], environ: Mapping[str, str], path: Path | None
+) -> Config:
+    """Build the Config from defaults, the file at `path`, `RAOPD_*` variables and flags.
+
+    `flags` holds only what the user gave on the command line, keyed by setting name; values
+    may be typed already or text (parsed like environment values).
+    """
+    layers: list[tuple[str, object, str]] = []  # (key, value, origin) in precedence order
+    if path is not None:
+        layers.extend(_read_file(path))
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or var in ENV_RESERVED:
+            continue
+        key = var[len(ENV_PREFIX) :].lower()
+        if key not in FIELDS:
+            raise ConfigError(_unknown(var, key, prefix=ENV_PREFIX))
+        layers.append((key, environ[var], var))
+    for key, value in flags.items():
+        if key not in FIELDS:
+            raise ConfigError(_unknown("--" + key.replace("_", "-"), key, prefix="--"))
+        layers.append((key, value, "--" + key.replace("_", "-")))
+
+    values: dict[str, object] = {}
+    origins: dict[str, str] = {}
+    for key, raw, origin in layers:
+        values[key] = _convert(key, raw, origin)
+        origins[key] = origin
+
+    if isinstance(values.get("device_id"), str):
+        values["device_id"] = re.sub(r"[:\-]", "", str(values["device_id"])).upper()
+    values["name"] = expand_name(str(values.get("name", FIELDS["name"].default)))
+    for key, value in values.items():
+        check: Check | None = FIELDS[key].metadata["check"]
+        problem = check(value) if check is not None and value is not None else None
+        if problem:
+            raise ConfigError(f"{origins.get(key, 'default')}: {key} {problem}, got {value!r}")
+    config = Config(**values)  # type: ignore[arg-type]
+    _check_name(config.name, origins.get("name", "default"))
+    _check_together(config, origins)
+    return config
+
+
+def expand_name(template: str, hostname: str | None = None) -> str:
+    """Expand %h (host name), %H (same, capital first letter) and %v (version)."""
+    host = (hostname if hostname is not None else socket.gethostname()).split(".", 1)[0]
+    replacements = {
+        "%h": host,
+        "%H": host[:1].upper() + host[1:],
+        "%v": __version__,
+        "%%": "%",
+    }
+    return re.sub(r"%[hHv%]", lambda m: replacements[m.group()], template)
+
+
+def _check_name(name: str, origin: str) -> None:
+    if not name.strip():
+        raise ConfigError(f"{origin}: name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(
+            f"{origin}: name must be at most {MAX_NAME_LENGTH} characters, "
+            f"got {len(name)} ({name!r})"
+        )
+    if any(ord(ch) < 32 for ch in name):
+        raise ConfigError(f"{origin}: name must not contain control characters")
+
+
+def _check_together(config: Config, origins: Mapping[str, str]) -> None:
+    if config.udp_port_base + config.udp_port_range - 1 > 65535:
+        where = origins.get("udp_port_range", origins.get("udp_port_base", "default"))
+        raise ConfigError(
+            f"{where}: udp_port_base + udp_port_range must stay within 65535, got "
+            f"{config.udp_port_base} + {config.udp_port_range}"
+        )
+    if config.buffer_frames < 2 * config.period_frames:
+        where = origins.get("buffer_frames", origins.get("period_frames", "default"))
+        raise ConfigError(
+            f"{where}: buffer_frames must be at least twice period_frames, got "
+            f"{config.buffer_frames} < 2 x {config.period_frames}"
+        )
+
+
+def _unknown(shown: str, key: str, prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.6)
+    hint = ""
+    if close:
+        suggestion = close[0]
+        if prefix == ENV_PREFIX:
+            suggestion = env_name(suggestion)
+        elif prefix == "--":
+            suggestion = "--" + suggestion.replace("_", "-")
+        hint = f" (did you mean {suggestion}?)"
+    return f"unknown setting {shown}{hint}"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(key: str, raw: object, origin: str) -> object:
+    """Turn a value from any layer into the field's Python type, or raise ConfigError."""
+    kind = setting_kind(key)
+    optional = FIELDS[key].default is None
+    if isinstance(raw, str):
+        text = raw.strip() if kind != "str" else raw
+        if optional and text == "":
+            return None
+        try:
+            if kind == "bool":
+                lowered = text.lower()
+                if lowered in _TRUE:
+                    return True
+                if lowered in _FALSE:
+                    return False
+                raise ValueError
+            if kind == "int":
+                return int(text, 0)
+            if kind == "float":
+                return float(text)
+        except ValueError:
+            expected = {
+                "bool": "yes/no, true/false or 1/0",
+                "int": "an integer",
+                "float": "a number",
+            }[kind]
+            raise ConfigError(f"{origin}: {key} must be {expected}, got {raw!r}") from None
+        return Path(text) if kind == "path" else text
+    if raw is None and optional:
+        return None
+    ok = {
+        "bool": isinstance(raw, bool),
+        "int": isinstance(raw, int) and not isinstance(raw, bool),
+        "float": isinstance(raw, int | float) and not isinstance(raw, bool),
+        "str": False,
+        "path": isinstance(raw, Path),
+    }[kind]
+    if not ok:
+        expected = {
+            "bool": "true or false",
+            "int": "an integer",
+            "float": "a number",
+            "str": "a string",
+            "path": "a path",
+        }[kind]
+        raise ConfigError(f"{origin}: {key} must be {expected}, got {raw!r}")
+    return float(raw) if kind == "float" else raw  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def _read_file(path: Path) -> list[tuple[str, object, str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if _is_libconfig(path, text):
+        return _read_shairport_sync(path, text)
+    return _read_toml(path, text)
+
+
+def _is_libconfig(path: Path, text: str) -> bool:
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        return False
+    if suffix in (".conf", ".cfg"):
+        return True
+    # No telling extension: a `name = {` group (or a `;` ending a setting) is libconfig.
+    return bool(re.search(r"^\s*[A-Za-z][-\w]*\s*[=:]\s*\{|;\s*$", text, re.MULTILINE))
+
+
+def _read_toml(path: Path, text: str) -> list[tuple[str, object, str]]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    out: list[tuple[str, object, str]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise ConfigError(
+                f"{path}: [{key}]: raopd's TOML file is flat (key = value lines, no tables)"
+            )
+        if key not in FIELDS:
+            raise ConfigError(f"{path}: " + _unknown(key, key))
+        # A quoted "5000" is parsed like an environment value: it is still clearly meant.
+        out.append((key, value, f"{path}: {key}"))
+    return out
+
+
+# shairport-sync setting -> raopd key, with a converter for values that need one.
+_SPS_DIRECT: dict[str, str] = {
+    "general.name": "name",
+    "general.port": "port",
+    "general.password": "password",
+    "general.interface": "interface",
+    "general.address": "address",
+    "general.udp_port_base": "udp_port_base",
+    "general.udp_port_range": "udp_port_range",
+    "general.audio_backend_latency_offset_in_seconds": "latency_offset",
+    "general.volume_range_db": "volume_range_db",
+    "general.volume_max_db": "volume_max_db",
+    "general.ignore_volume_control": "ignore_volume",
+    "general.default_airplay_volume": "default_volume",
+    "general.drift_tolerance_in_seconds": "drift_tolerance",
+    "general.resync_threshold_in_seconds": "resync_threshold",
+    "general.session_timeout": "session_timeout",
+    "sessioncontrol.session_timeout": "session_timeout",
+    "sessioncontrol.allow_session_interruption": "allow_session_interruption",
+    "alsa.output_device": "device",
+    "alsa.mixer_control_name": "mixer_control",
+    "alsa.mixer_device": "mixer_device",
+    "alsa.period_size": "period_frames",
+    "alsa.buffer_size": "buffer_frames",
+    "diagnostics.statistics": "statistics",
+}
+_SPS_PROFILES = {"flat": "flat", "standard": "tapered", "dasl_tapered": "tapered"}
+_SPS_DEFAULT_PIPE = "/tmp/shairport-sync-audio"  # shairport-sync's own default
+
+
+def _read_shairport_sync(path: Path, text: str) -> list[tuple[str, object, str]]:
+    doc = parse_libconfig(text, str(path))
+    leaves = dict(_flatten(doc.settings))
+    out: list[tuple[str, object, str]] = []
+    warned: set[str] = set()
+
+    def origin(sps_key: str) -> str:
+        return f"{path}:{doc.lines.get(sps_key, 0)}: {sps_key}"
+
+    def unsupported(sps_key: str, why: str = "not supported by raopd") -> None:
+        if sps_key not in warned:
+            warned.add(sps_key)
+            logger.warning("%s: %s is %s; ignored", path, sps_key, why)
+
+    for sps_key, value in leaves.items():
+        if sps_key in _SPS_DIRECT:
+            key = _SPS_DIRECT[sps_key]
+            out.append((key, _sps_value(key, value, origin(sps_key)), origin(sps_key)))
+        elif sps_key == "general.volume_control_profile":
+            if not isinstance(value, str) or value not in _SPS_PROFILES:
+                raise ConfigError(
+                    f"{origin(sps_key)} must be one of "
+                    + ", ".join(_SPS_PROFILES)
+                    + f", got {value!r}"
+                )
+            out.append(("volume_curve", _SPS_PROFILES[value], origin(sps_key)))
+        elif sps_key == "diagnostics.log_verbosity":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 3:
+                raise ConfigError(f"{origin(sps_key)} must be 0, 1, 2 or 3, got {value!r}")
+            out.append(("log_level", ("info", "debug", "trace", "trace")[value], origin(sps_key)))
+        elif sps_key == "diagnostics.disable_resend_requests":
+            disabled = _sps_value("resend", value, origin(sps_key))
+            out.append(("resend", not disabled, origin(sps_key)))
+        elif sps_key == "general.output_backend":
+            if value == "stdout":
+                out.append(("output", "-", origin(sps_key)))
+            elif value == "pipe":
+                pipe = leaves.get("pipe.name", _SPS_DEFAULT_PIPE)
+                out.append(("output", pipe, origin("pipe.name")))
+            elif value != "alsa":
+                unsupported(
+                    sps_key, f"{value!r}, an output raopd does not have (alsa, stdout, pipe)"
+                )
+        elif sps_key == "pipe.name":
+            if leaves.get("general.output_backend") != "pipe":
+                unsupported(sps_key, 'only used with output_backend = "pipe"')
+        else:
+            unsupported(sps_key)
+    return out
+
+
+def _flatten(settings: Mapping[str, Value], prefix: str = "") -> list[tuple[str, Value]]:
+    out: list[tuple[str, Value]] = []
+    for name, value in settings.items():
+        full = f"{prefix}{name}"
+        if isinstance(value, dict):
+            out.extend(_flatten(value, full + "."))
+        else:
+            out.append((full, value))
+    return out
+
+
+def _sps_value(key: str, value: Value, origin: str) -> object:
+    """shairport-sync writes booleans as "yes"/"no" strings; everything else maps directly."""
+    if isinstance(value, list | dict):
+        raise ConfigError(f"{origin} must be a single value, got a list")
+    if setting_kind(key) == "bool" and isinstance(value, str):
+        lowered = value.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f'{origin} must be "yes" or "no", got {value!r}')
+    return value
+
+
+def describe(config: Config) -> str:
+    """The effective settings as TOML lines (passwords hidden), for --print-config or logs."""
+    lines = []
+    for key in FIELDS:
+        value = getattr(config, key)
+        if value is None:
+            lines.append(f"# {key} = (unset)")
+            continue
+        if key == "password":
+            value = "********"
+        if isinstance(value, bool):
+            shown = "true" if value else "false"
+        elif isinstance(value, str | Path):
+            shown = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        else:
+            shown = repr(value)
+        lines.append(f"{key} = {shown}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "DEFAULT_HTTP_PORT",
+    "DEFAULT_PORT",
+    "FIELDS",
+    "Config",
+    "ConfigError",
+    "describe",
+    "env_name",
+    "expand_name",
+    "load_config",
+    "setting_default_text",
+    "setting_help",
+    "setting_kind",
+]
