@@ -184,7 +184,9 @@ class Config:
         _float_range(-2.0, 2.0, " s"),
     )
     drift_tolerance: float = _setting(
-        0.002,
+        # 0.1 ms, not shairport-sync's 2 ms: corrections are single spread frames, inaudible,
+        # so there is no reason to let the error grow before acting.
+        0.0001,
         "float",
         "sync error (s) tolerated before correcting drift",
         _float_range(0.0, 1.0, " s"),

@@ -163,8 +163,8 @@ def _decode_ip(
         return
     if proto == _PROTO_UDP and len(body) >= 8:
         src_port, dst_port, length = _UDP_HEADER.unpack_from(body)
-        payload = body[8:length] if length >= 8 else body[8:]
-        yield Datagram(when, "udp", (src_ip, src_port), (dst_ip, dst_port), bytes(payload))
+        datagram = body[8:length] if length >= 8 else body[8:]
+        yield Datagram(when, "udp", (src_ip, src_port), (dst_ip, dst_port), bytes(datagram))
     elif proto == _PROTO_TCP and len(body) >= 20:
         src_port, dst_port, seq = _TCP_PORTS_SEQ.unpack_from(body)
         data_offset = (body[12] >> 4) * 4

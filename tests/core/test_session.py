@@ -17,7 +17,6 @@ from raopd.core.arbiter import PlayArbiter
 from raopd.core.events import AudioReady, SessionEnded, StreamStarted, VolumeChanged
 from raopd.core.jitter import JitterSettings
 from raopd.core.packets import AudioPacket, ResendRequest, ResentAudio
-from raopd.core.rtsp import RtspReader
 from raopd.core.seq import rtp_add, seq_add
 from raopd.core.session import (
     Channel,
@@ -50,8 +49,9 @@ def make_session(arbiter=None, password=None, **settings) -> RaopSession:
     )
 
 
-def request(method: str, uri: str = "rtsp://192.0.2.1/1", cseq: int = 1, body: bytes = b"",
-            **headers: str) -> bytes:
+def request(
+    method: str, uri: str = "rtsp://192.0.2.1/1", cseq: int = 1, body: bytes = b"", **headers: str
+) -> bytes:
     lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {cseq}"]
     lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
     if body:
@@ -81,15 +81,22 @@ def exchange(session: RaopSession, data: bytes, now: float = 0.0):
 
 def sdp(encrypted: bool) -> tuple[bytes, PacketCipher | None]:
     lines = [
-        "v=0", "o=iTunes 1 0 IN IP4 192.0.2.10", "s=iTunes", "c=IN IP4 192.0.2.1", "t=0 0",
-        "m=audio 0 RTP/AVP 96", "a=rtpmap:96 AppleLossless",
+        "v=0",
+        "o=iTunes 1 0 IN IP4 192.0.2.10",
+        "s=iTunes",
+        "c=IN IP4 192.0.2.1",
+        "t=0 0",
+        "m=audio 0 RTP/AVP 96",
+        "a=rtpmap:96 AppleLossless",
         "a=fmtp:96 352 0 16 40 10 14 2 255 0 0 44100",
     ]
     cipher = None
     if encrypted:
         key, iv = os.urandom(16), os.urandom(16)
-        wrapped = airport_key().public_key().encrypt(
-            key, padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)
+        wrapped = (
+            airport_key()
+            .public_key()
+            .encrypt(key, padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None))
         )
         lines += [
             "a=rsaaeskey:" + base64.b64encode(wrapped).decode().rstrip("="),
@@ -101,16 +108,24 @@ def sdp(encrypted: bool) -> tuple[bytes, PacketCipher | None]:
 
 def start(session: RaopSession, encrypted=True, seq=100, rtptime=1000):
     body, cipher = sdp(encrypted)
-    assert exchange(session, request("ANNOUNCE", cseq=2, body=body,
-                                     Content_Type="application/sdp"))[0] == 200
-    status, headers, _ = exchange(session, request(
-        "SETUP", cseq=3,
-        Transport="RTP/AVP/UDP;unicast;interleaved=0-1;mode=record;control_port=50001;"
-                  "timing_port=50002"))
+    assert (
+        exchange(session, request("ANNOUNCE", cseq=2, body=body, Content_Type="application/sdp"))[0]
+        == 200
+    )
+    status, headers, _ = exchange(
+        session,
+        request(
+            "SETUP",
+            cseq=3,
+            Transport="RTP/AVP/UDP;unicast;interleaved=0-1;mode=record;control_port=50001;"
+            "timing_port=50002",
+        ),
+    )
     assert status == 200
     assert "server_port=6003" in headers["Transport"] and headers["Session"] == "1"
-    status, headers, _ = exchange(session, request(
-        "RECORD", cseq=4, Range="npt=0-", RTP_Info=f"seq={seq};rtptime={rtptime}"))
+    status, headers, _ = exchange(
+        session, request("RECORD", cseq=4, Range="npt=0-", RTP_Info=f"seq={seq};rtptime={rtptime}")
+    )
     assert status == 200 and headers["Audio-Latency"] == "11025"
     return cipher
 
@@ -119,11 +134,12 @@ def audio_datagrams(cipher, seq, rtptime, n, rng):
     pcm = rng.integers(-32768, 32767, size=(n * FRAMES, 2), dtype=np.int16)
     packets = []
     for i in range(n):
-        payload = verbatim_alac_frame(pcm[i * FRAMES:(i + 1) * FRAMES])
+        payload = verbatim_alac_frame(pcm[i * FRAMES : (i + 1) * FRAMES])
         if cipher is not None:
             payload = cipher.encrypt(payload)
-        packets.append(AudioPacket(seq_add(seq, i), rtp_add(rtptime, i * FRAMES), 1, payload,
-                                   marker=i == 0))
+        packets.append(
+            AudioPacket(seq_add(seq, i), rtp_add(rtptime, i * FRAMES), 1, payload, marker=i == 0)
+        )
     return pcm, packets
 
 
@@ -142,8 +158,8 @@ def test_options_answers_apple_challenge_with_our_address_and_hw_addr():
     status, headers, _ = exchange(session, request("OPTIONS", "*", Apple_Challenge=challenge))
     assert status == 200 and "ANNOUNCE" in headers["Public"]
     signature = base64.b64decode(headers["Apple-Response"] + "==")
-    message = airport_key().public_key().recover_data_from_signature(
-        signature, padding.PKCS1v15(), None
+    message = (
+        airport_key().public_key().recover_data_from_signature(signature, padding.PKCS1v15(), None)
     )
     assert message == bytes(range(16)) + bytes([192, 0, 2, 1]) + HW + bytes(6)
 
@@ -194,7 +210,7 @@ def test_unrepaired_losses_become_silence_of_exactly_their_length():
     out, blocks = collect_audio(session)
     expected = pcm.copy()
     for s in (0, 7, 8):
-        expected[s * FRAMES:(s + 1) * FRAMES] = 0
+        expected[s * FRAMES : (s + 1) * FRAMES] = 0
     # The final packet's loss is invisible: nothing after it says it existed.
     assert np.array_equal(out, expected[: 19 * FRAMES])
     assert blocks[0].rtptime == 5000 and blocks[0].lost
@@ -219,8 +235,9 @@ def test_interruption_allowed_preempts_the_playing_session():
     woken = []
     first.wakeup = lambda: woken.append(True)
     body, _ = sdp(False)
-    assert exchange(second, request("ANNOUNCE", body=body,
-                                    Content_Type="application/sdp"))[0] == 200
+    assert (
+        exchange(second, request("ANNOUNCE", body=body, Content_Type="application/sdp"))[0] == 200
+    )
     assert first.should_close and woken == [True]
     assert _last_event(first) == SessionEnded("interrupted by another sender")
 
@@ -236,10 +253,12 @@ def digest(method: str, uri: str, password: str, nonce: str = "fixednonce", uppe
     def h(s):
         d = hashlib.md5(s.encode()).hexdigest()
         return d.upper() if upper else d
+
     ha1, ha2 = h(f"iTunes:raop:{password}"), h(f"{method}:{uri}")
     resp = h(f"{ha1}:{nonce}:{ha2}")
-    return (f'Digest username="iTunes", realm="raop", nonce="{nonce}", uri="{uri}", '
-            f'response="{resp}"')
+    return (
+        f'Digest username="iTunes", realm="raop", nonce="{nonce}", uri="{uri}", response="{resp}"'
+    )
 
 
 @pytest.mark.parametrize("upper", [False, True])
@@ -247,22 +266,33 @@ def test_password_protects_everything_but_options(upper):
     session = make_session(password="secret")
     assert exchange(session, request("OPTIONS", "*"))[0] == 200
     body, _ = sdp(False)
-    status, headers, _ = exchange(session, request("ANNOUNCE", body=body,
-                                                   Content_Type="application/sdp"))
+    status, headers, _ = exchange(
+        session, request("ANNOUNCE", body=body, Content_Type="application/sdp")
+    )
     assert status == 401 and 'nonce="fixednonce"' in headers["WWW-Authenticate"]
     bad = digest("ANNOUNCE", "rtsp://192.0.2.1/1", "wrong", upper=upper)
-    assert exchange(session, request("ANNOUNCE", body=body, Authorization=bad,
-                                     Content_Type="application/sdp"))[0] == 401
+    assert (
+        exchange(
+            session,
+            request("ANNOUNCE", body=body, Authorization=bad, Content_Type="application/sdp"),
+        )[0]
+        == 401
+    )
     good = digest("ANNOUNCE", "rtsp://192.0.2.1/1", "secret", upper=upper)
-    assert exchange(session, request("ANNOUNCE", body=body, Authorization=good,
-                                     Content_Type="application/sdp"))[0] == 200
+    assert (
+        exchange(
+            session,
+            request("ANNOUNCE", body=body, Authorization=good, Content_Type="application/sdp"),
+        )[0]
+        == 200
+    )
 
 
 def test_teardown_with_empty_uri_is_answered_and_ends_the_session():
     session = make_session()
     start(session)
     session.receive_data(b"TEARDOWN  RTSP/1.0\r\nCSeq: 9\r\n\r\n", 1.0)
-    (status, headers, _), = responses(session.data_to_send())
+    ((status, headers, _),) = responses(session.data_to_send())
     assert status == 200 and headers["CSeq"] == "9"
     assert session.should_close
     assert _last_event(session) == SessionEnded("teardown")
@@ -272,7 +302,7 @@ def test_unknown_methods_get_501_and_info_a_binary_plist():
     session = make_session()
     assert exchange(session, request("SETRATEANCHORTIME"))[0] == 501
     assert exchange(session, request("POST", "/auth-setup", body=b"x" * 33))[0] == 501
-    status, headers, body = exchange(session, request("GET", "/info"))
+    status, _headers, body = exchange(session, request("GET", "/info"))
     assert status == 200 and plistlib.loads(body)["name"] == "Test"
     assert not session.should_close
 
@@ -285,11 +315,17 @@ def test_setup_before_announce_is_refused_in_state():
 def test_volume_get_and_set():
     session = make_session()
     start(session)
-    assert exchange(session, request("SET_PARAMETER", body=b"volume: -11.5\r\n",
-                                     Content_Type="text/parameters"))[0] == 200
+    assert (
+        exchange(
+            session,
+            request("SET_PARAMETER", body=b"volume: -11.5\r\n", Content_Type="text/parameters"),
+        )[0]
+        == 200
+    )
     assert VolumeChanged(-11.5) in _events(session)
-    _, headers, body = exchange(session, request("GET_PARAMETER", body=b"volume\r\n",
-                                                 Content_Type="text/parameters"))
+    _, _headers, body = exchange(
+        session, request("GET_PARAMETER", body=b"volume\r\n", Content_Type="text/parameters")
+    )
     assert body == b"volume: -11.500000\r\n"
 
 
@@ -303,7 +339,7 @@ def _events(session):
 def test_malformed_rtsp_gets_400_and_the_connection_closes():
     session = make_session()
     session.receive_data(b"\x00\x01garbage that is not RTSP\r\n\r\n", 0.0)
-    (status, _, _), = responses(session.data_to_send())
+    ((status, _, _),) = responses(session.data_to_send())
     assert status == 400 and session.should_close
 
 
@@ -347,7 +383,9 @@ def test_ten_thousand_bad_datagrams_never_raise_and_do_not_disturb_the_stream():
             data = good[i % 10][: rng.randrange(0, 12)]  # truncated header
         elif kind == 2:
             # a valid header with a garbage payload: undecodable, counted
-            data = bytes(AudioPacket(500 + i % 100, 999_999, 1, rng.randbytes(rng.randrange(1, 64))))
+            data = bytes(
+                AudioPacket(500 + i % 100, 999_999, 1, rng.randbytes(rng.randrange(1, 64)))
+            )
         else:
             data = b"\x80\xd4" + rng.randbytes(rng.randrange(0, 40))
         channel = (Channel.AUDIO, Channel.CONTROL, Channel.TIMING)[i % 3]

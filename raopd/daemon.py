@@ -1,0 +1,197 @@
+"""The daemon's life: start the output, the RTSP server and mDNS; stop them in reverse order.
+
+`run(config)` returns when the shutdown event is set (SIGTERM or SIGINT, or the caller's own
+event in tests). Start-up opens the audio output (falling back to ALSA's `null` device with a
+clear message when the machine has no sound card and the user asked for nothing specific),
+starts the one output thread, listens for senders, then announces the speaker over mDNS.
+Shutdown withdraws the mDNS record first (goodbye packets), ends every session, and stops the
+output thread, well within the 2 s a pod's grace period allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from raopd.config import Config
+from raopd.core.arbiter import PlayArbiter
+from raopd.core.events import (
+    AudioReady,
+    ClockUpdated,
+    Event,
+    Flushed,
+    MetadataReceived,
+    SessionEnded,
+    StreamStarted,
+    VolumeChanged,
+)
+from raopd.core.jitter import JitterSettings
+from raopd.core.playout import PlayoutSettings
+from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
+from raopd.core.volume import volume_to_gain
+from raopd.errors import OutputError
+from raopd.net.device_id import load_or_create_device_id
+from raopd.net.mdns import MdnsAdvertiser
+from raopd.net.server import RtspServer, ServerSettings
+from raopd.output.player import EndStream, Flush, OutputThread, Push, SetGain, UseClock
+from raopd.output.sinks import AlsaSink, AudioSink, FileSink
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_STOP_TIMEOUT = 1.0  # seconds; shutdown must finish within 2 s in all
+
+
+@dataclass(slots=True)
+class DaemonState:
+    """What the daemon is doing, for health checks and metrics."""
+
+    config: Config
+    receiver: ReceiverInfo
+    output: OutputThread | None = None
+    server: RtspServer | None = None
+    mdns: MdnsAdvertiser | None = None
+    sessions_started: int = 0
+    playing: RaopSession | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def open_sink(config: Config) -> AudioSink:
+    """The configured output, opened; ALSA `null` when there is no sound card at all."""
+    if config.output is not None:
+        sink: AudioSink = FileSink(str(config.output))
+        sink.open()
+        logger.info("writing audio to %s (untimed, bit-exact)", sink.description)
+        return sink
+    periods = max(2, config.buffer_frames // config.period_frames)
+    alsa = AlsaSink(config.device, config.period_frames, periods)
+    try:
+        alsa.open()
+    except OutputError:
+        if config.device != "default":
+            raise
+        logger.warning(
+            "no sound card found: playing to ALSA's null device (audio is discarded); "
+            "use --device to choose a card, or --output to write to a file"
+        )
+        alsa = AlsaSink("null", config.period_frames, periods)
+        alsa.open()
+    logger.info("playing to %s", alsa.description)
+    return alsa
+
+
+def playout_settings(config: Config, clocked: bool) -> PlayoutSettings:
+    """Playout tuning from the configuration."""
+    return PlayoutSettings(
+        timed=clocked,
+        tolerance=config.drift_tolerance,
+        resync_threshold=config.resync_threshold,
+        max_correction_ppm=config.max_correction_ppm,
+    )
+
+
+class EventRouter:
+    """Turns session events into output commands and log lines."""
+
+    def __init__(self, state: DaemonState, output: OutputThread) -> None:
+        self.state = state
+        self.output = output
+        self.apply_volume = output.sink.clocked  # a file gets the stream exactly as sent
+
+    def __call__(self, session: RaopSession, event: Event) -> None:
+        output = self.output
+        if isinstance(event, AudioReady):
+            output.submit(Push(event.rtptime, event.pcm))
+        elif isinstance(event, ClockUpdated):
+            output.submit(UseClock(event.estimate))
+        elif isinstance(event, Flushed):
+            output.submit(Flush(event.until_rtptime))
+        elif isinstance(event, VolumeChanged):
+            if self.apply_volume:
+                output.submit(SetGain(self._gain(event.volume)))
+        elif isinstance(event, StreamStarted):
+            self.state.sessions_started += 1
+            self.state.playing = session
+            logger.info(
+                "[session %d] playing %s%s from %s (%s)",
+                session.session_id,
+                event.params.codec.name,
+                ", encrypted" if event.params.encrypted else "",
+                event.client_name or session.peer_ip,
+                event.user_agent or "unknown sender",
+            )
+        elif isinstance(event, MetadataReceived):
+            md = event.metadata
+            text = " - ".join(x for x in (md.title, md.artist, md.album) if x)
+            if text:
+                logger.info("[session %d] now playing: %s", session.session_id, text)
+        elif isinstance(event, SessionEnded) and self.state.playing is session:
+            self.state.playing = None
+            output.submit(EndStream())
+
+    def _gain(self, volume: float) -> float:
+        config = self.state.config
+        return volume_to_gain(
+            volume,
+            config.volume_curve,  # type: ignore[arg-type]
+            range_db=config.volume_range_db or 60.0,
+            max_volume_db=config.volume_max_db or 0.0,
+            ignore_volume=config.ignore_volume,
+        )
+
+
+async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
+    """Run the receiver until `shutdown` is set (SIGTERM/SIGINT when not given)."""
+    loop = asyncio.get_running_loop()
+    if shutdown is None:
+        shutdown = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, shutdown.set)
+    hw_addr = load_or_create_device_id(config.state_dir, config.device_id)
+    receiver = ReceiverInfo(name=config.name, hw_addr=hw_addr, password=config.password)
+    state = DaemonState(config=config, receiver=receiver)
+    async with AsyncExitStack() as stack:
+        sink = open_sink(config)
+        stack.callback(sink.close)
+        output = OutputThread(
+            sink, playout_settings(config, sink.clocked), period_frames=config.period_frames
+        )
+        output.start()
+        stack.callback(output.stop, OUTPUT_STOP_TIMEOUT)
+        state.output = output
+        router = EventRouter(state, output)
+        if router.apply_volume:
+            output.submit(SetGain(router._gain(config.default_volume)))
+
+        server = RtspServer(
+            receiver=receiver,
+            settings=ServerSettings(
+                address=config.address,
+                port=config.port,
+                udp_port_base=config.udp_port_base,
+                udp_port_range=config.udp_port_range,
+            ),
+            session_settings=SessionSettings(
+                jitter=JitterSettings(resend=config.resend),
+                session_timeout=config.session_timeout or float("inf"),
+                latency_offset=config.latency_offset,
+                initial_volume=config.default_volume,
+            ),
+            arbiter=PlayArbiter(config.allow_session_interruption),
+            on_event=router,
+        )
+        await server.start()
+        stack.push_async_callback(server.close)
+        state.server = server
+
+        interfaces = [i.strip() for i in config.interface.split(",") if i.strip()] or None
+        mdns = MdnsAdvertiser(receiver, config.port, interfaces=interfaces)
+        await mdns.start()
+        stack.push_async_callback(mdns.close)
+        state.mdns = mdns
+        logger.info("raopd ready: %s (device id %s)", mdns.service_name, receiver.device_id)
+
+        await shutdown.wait()
+        logger.info("shutting down")
