@@ -33,7 +33,9 @@ class Pcm:
 def read_wav(path: str) -> Pcm:
     """Read a whole WAV file."""
     with wave.open(path, "rb") as w:
-        return Pcm(w.getnchannels(), w.getsampwidth(), w.getframerate(), w.readframes(w.getnframes()))
+        return Pcm(
+            w.getnchannels(), w.getsampwidth(), w.getframerate(), w.readframes(w.getnframes())
+        )
 
 
 def trim_silence(pcm: Pcm) -> tuple[bytes, int]:

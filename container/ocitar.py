@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -46,10 +46,18 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 RUNTIME_DIRS = ("dev", "proc", "sys", "run")
 
 
+class Sink(Protocol):
+    """What HashingWriter writes into: a file or a GzipFile."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class HashingWriter:
     """A write-only file object that hashes and counts what passes through."""
 
-    def __init__(self, sink: IO[bytes] | None) -> None:
+    def __init__(self, sink: Sink | None) -> None:
         self._sink = sink
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -70,32 +78,28 @@ class HashingWriter:
         return "sha256:" + self.sha256.hexdigest()
 
 
-def walk_sorted(root: Path) -> Iterator[Path]:
-    """Yield every path under root (not root itself), depth first, sorted by name."""
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+def walk_sorted(root: Path, directory: Path | None = None) -> Iterator[Path]:
+    """Yield every path under root (not root itself), depth first, sorted by name.
+
+    The contents of the top-level RUNTIME_DIRS are left out, the directories
+    themselves stay (as mount points).
+    """
+    here = root if directory is None else directory
+    for entry in sorted(os.scandir(here), key=lambda e: e.name):
         path = Path(entry.path)
         yield path
-        if entry.is_dir(follow_symlinks=False):
-            rel = path.relative_to(root)
-            if len(rel.parts) == 1 and rel.parts[0] in RUNTIME_DIRS:
-                continue
-            yield from walk_sorted_under(path)
-
-
-def walk_sorted_under(directory: Path) -> Iterator[Path]:
-    """Recursive helper of walk_sorted below the top level."""
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        path = Path(entry.path)
-        yield path
-        if entry.is_dir(follow_symlinks=False):
-            yield from walk_sorted_under(path)
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        if directory is None and entry.name in RUNTIME_DIRS:
+            continue
+        yield from walk_sorted(root, path)
 
 
 def write_layer(rootfs: Path, out: IO[bytes], epoch: int) -> tuple[str, str, int, int]:
     """Tar+gzip rootfs into out; return (diff_id, digest, compressed size, tar size)."""
     compressed = HashingWriter(out)
     # mtime=0 and no file name keep the gzip header free of build-time data.
-    gz = gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0, compresslevel=6)  # type: ignore[arg-type]
+    gz = gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0, compresslevel=6)
     uncompressed = HashingWriter(gz)
     with tarfile.open(fileobj=uncompressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for path in walk_sorted(rootfs):
