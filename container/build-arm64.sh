@@ -95,6 +95,7 @@ grep -v -i '^pyalsaaudio' container/requirements.txt >"$WORK/wheels.txt"
     --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 \
     --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64 \
     -r "$WORK/wheels.txt"
+rm -rf "$site/bin"  # no console scripts among the dependencies we run
 
 step "cross-compile pyalsaaudio against the arm64 sysroot"
 alsa_pin=$(grep -i '^pyalsaaudio==' container/requirements.txt)
@@ -124,6 +125,37 @@ step "raopd wheel (pure Python) from this checkout"
     || { cat "$WORK/wheel.log" >&2; exit 1; }
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-compile --no-deps \
     --target "$site" "$WORK"/dist/raopd-*.whl
+# Everything was installed with --no-deps: fail here, not on the Pi, if
+# pyproject.toml gained a dependency requirements.txt does not pin (or pins
+# outside the declared range).
+"$PYTHON" - "$site" container/requirements.txt <<'EOF'
+import pathlib, sys
+from email.parser import Parser
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+site, reqs = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+pins = {}
+for line in reqs.read_text().splitlines():
+    line = line.split("#", 1)[0].strip()
+    if line:
+        name, version = line.split("==")
+        pins[canonicalize_name(name)] = version
+(meta,) = site.glob("raopd-*.dist-info/METADATA")
+missing = []
+for spec in Parser().parsestr(meta.read_text()).get_all("Requires-Dist") or []:
+    req = Requirement(spec)
+    if req.marker and not req.marker.evaluate({"extra": "", "platform_machine": "aarch64"}):
+        continue  # test extras and the like
+    pin = pins.get(canonicalize_name(req.name))
+    if pin is None or not req.specifier.contains(pin, prereleases=True):
+        missing.append(f"{spec} (pinned: {pin})")
+if missing:
+    sys.exit("container/requirements.txt does not satisfy raopd's dependencies: " + "; ".join(missing))
+EOF
+# direct_url.json records the host path of the wheel: build-machine detail
+# that would also make the layer differ between checkouts.
+rm -f "$site"/raopd-*.dist-info/direct_url.json
+sed -i '/direct_url\.json/d' "$site"/raopd-*.dist-info/RECORD
 # pip --target writes console scripts with the *host* interpreter in the
 # shebang; write the launcher for the image's /usr/bin/python3 instead, from
 # the wheel's own entry point declaration.
