@@ -26,12 +26,11 @@ from typing import Any
 import pytest
 import yaml
 
+from raopd.config import DEFAULT_HTTP_PORT
+
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = {"deployment": REPO / "k8s", "daemonset": REPO / "k8s" / "daemonset"}
 
-# TODO(raopd.config.DEFAULT_HTTP_PORT): import the daemon's default http_port
-# from raopd.config once that module exists, instead of repeating it here.
-DEFAULT_HTTP_PORT = 9798
 CONFIG_PATH = "/etc/raopd/raopd.toml"
 
 
