@@ -65,8 +65,7 @@ def open_sink(config: Config) -> AudioSink:
         sink.open()
         logger.info("writing audio to %s (untimed, bit-exact)", sink.description)
         return sink
-    periods = max(2, config.buffer_frames // config.period_frames)
-    alsa = AlsaSink(config.device, config.period_frames, periods)
+    alsa = AlsaSink(config.device, config.period_frames, config.buffer_frames)
     try:
         alsa.open()
     except OutputError:
@@ -76,7 +75,7 @@ def open_sink(config: Config) -> AudioSink:
             "no sound card found: playing to ALSA's null device (audio is discarded); "
             "use --device to choose a card, or --output to write to a file"
         )
-        alsa = AlsaSink("null", config.period_frames, periods)
+        alsa = AlsaSink("null", config.period_frames, config.buffer_frames)
         alsa.open()
     logger.info("playing to %s", alsa.description)
     return alsa
