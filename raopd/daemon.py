@@ -11,6 +11,7 @@ output thread, well within the 2 s a pod's grace period allows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from contextlib import AsyncExitStack
@@ -36,8 +37,10 @@ from raopd.errors import OutputError
 from raopd.net.device_id import load_or_create_device_id
 from raopd.net.mdns import MdnsAdvertiser
 from raopd.net.server import RtspServer, ServerSettings
+from raopd.output.mixer import HardwareMixer
 from raopd.output.player import EndStream, Flush, OutputThread, Push, SetGain, UseClock
 from raopd.output.sinks import AlsaSink, AudioSink, FileSink
+from raopd.output.statistics import format_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +68,7 @@ def open_sink(config: Config) -> AudioSink:
         sink.open()
         logger.info("writing audio to %s (untimed, bit-exact)", sink.description)
         return sink
-    periods = max(2, config.buffer_frames // config.period_frames)
-    alsa = AlsaSink(config.device, config.period_frames, periods)
+    alsa = AlsaSink(config.device, config.period_frames, config.buffer_frames)
     try:
         alsa.open()
     except OutputError:
@@ -76,7 +78,7 @@ def open_sink(config: Config) -> AudioSink:
             "no sound card found: playing to ALSA's null device (audio is discarded); "
             "use --device to choose a card, or --output to write to a file"
         )
-        alsa = AlsaSink("null", config.period_frames, periods)
+        alsa = AlsaSink("null", config.period_frames, config.buffer_frames)
         alsa.open()
     logger.info("playing to %s", alsa.description)
     return alsa
@@ -99,6 +101,7 @@ class EventRouter:
         self.state = state
         self.output = output
         self.apply_volume = output.sink.clocked  # a file gets the stream exactly as sent
+        self.mixer: HardwareMixer | None = None  # set: volume in hardware, samples bit-exact
 
     def __call__(self, session: RaopSession, event: Event) -> None:
         output = self.output
@@ -109,8 +112,7 @@ class EventRouter:
         elif isinstance(event, Flushed):
             output.submit(Flush(event.until_rtptime))
         elif isinstance(event, VolumeChanged):
-            if self.apply_volume:
-                output.submit(SetGain(self._gain(event.volume)))
+            self.set_volume(event.volume)
         elif isinstance(event, StreamStarted):
             self.state.sessions_started += 1
             self.state.playing = session
@@ -131,6 +133,13 @@ class EventRouter:
             self.state.playing = None
             output.submit(EndStream())
 
+    def set_volume(self, volume: float) -> None:
+        """An AirPlay volume to the hardware mixer, else to the software gain."""
+        if self.mixer is not None:
+            self.mixer.set_volume(volume)
+        elif self.apply_volume:
+            self.output.submit(SetGain(self._gain(volume)))
+
     def _gain(self, volume: float) -> float:
         config = self.state.config
         return volume_to_gain(
@@ -140,6 +149,64 @@ class EventRouter:
             max_volume_db=config.volume_max_db or 0.0,
             ignore_volume=config.ignore_volume,
         )
+
+
+def open_mixer(config: Config) -> HardwareMixer | None:
+    """The configured hardware mixer, or None (software volume) when it cannot be opened."""
+    mixer = HardwareMixer(
+        str(config.mixer_control),
+        config.mixer_device or _card_of(config.device),
+        curve=config.volume_curve,  # type: ignore[arg-type]
+        range_db=config.volume_range_db,
+        max_volume_db=config.volume_max_db,
+        ignore_volume=config.ignore_volume,
+    )
+    try:
+        mixer.open()
+    except OutputError as exc:
+        logger.warning("%s; using software volume", exc)
+        return None
+    limits = mixer.db_limits
+    logger.info(
+        "volume on ALSA mixer %s (%s); audio samples left bit-exact",
+        mixer.control,
+        f"{limits[0]:.1f} to {limits[1]:.1f} dB" if limits else "percent",
+    )
+    return mixer
+
+
+def _card_of(device: str) -> str:
+    """The mixer device for a PCM name: `hw:1,0` / `plughw:CARD=DAC` -> `hw:1` / `hw:CARD=DAC`."""
+    if ":" not in device:
+        return "default"
+    card = device.split(":", 1)[1].split(",", 1)[0]
+    return f"hw:{card}"
+
+
+def statistics_line(state: DaemonState) -> str:
+    """The statistics line for what is playing now."""
+    output = state.output.snapshot(reset=True) if state.output is not None else None
+    session = state.playing
+    return format_statistics(
+        output,
+        session.stats if session is not None else None,
+        session.jitter_stats if session is not None else None,
+        session.estimate if session is not None else None,
+    )
+
+
+async def log_statistics(state: DaemonState, interval: float) -> None:
+    """One statistics line at INFO every `interval` seconds while a stream plays."""
+    while True:
+        await asyncio.sleep(interval)
+        if state.playing is not None:
+            logger.info("statistics: %s", statistics_line(state))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
@@ -162,8 +229,14 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         stack.callback(output.stop, OUTPUT_STOP_TIMEOUT)
         state.output = output
         router = EventRouter(state, output)
-        if router.apply_volume:
-            output.submit(SetGain(router._gain(config.default_volume)))
+        if config.mixer_control and router.apply_volume:
+            router.mixer = open_mixer(config)
+            if router.mixer is not None:
+                stack.callback(router.mixer.close)
+        router.set_volume(config.default_volume)
+        if config.statistics:
+            stats_task = asyncio.create_task(log_statistics(state, config.statistics_interval))
+            stack.push_async_callback(_cancel, stats_task)
 
         server = RtspServer(
             receiver=receiver,

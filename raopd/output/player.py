@@ -2,12 +2,22 @@
 
 The event loop never touches the sink and the output thread never touches the network: the
 loop `submit()`s commands (Push, Flush, UseClock, SetGain, EndStream), the thread owns the
-Playout and the sink. A clocked sink (ALSA) is fed by `Playout.pull(now, delay, period)`, paced
-by the device's blocking writes; a file is fed untimed, in RTP order, as soon as audio arrives.
+Playout and the sink. A clocked sink (ALSA) is fed by `Playout.pull(now, delay, period)` where
+`now` and `delay` are read together by `sink.measure()`, paced by the device's blocking writes;
+a file is fed untimed, in RTP order, as soon as audio arrives.
+
+While a clocked device is gone (unplugged), the thread keeps pulling and discarding audio at
+real time, so the stream's timeline moves on and playback resumes in sync when the device is
+back; it retries the device through `sink.reopen_if_due()` and keeps its heartbeat.
+
+Other threads read `snapshot()`: a copy of the playout and sink counters published by the output
+thread under a lock, plus the smallest DAC queue and whether every block was bit-exact since the
+previous `snapshot(reset=True)` (the statistics line's interval).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -19,7 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from raopd.core.clock import ClockEstimate
-from raopd.core.playout import Playout, PlayoutSettings
+from raopd.core.playout import Playout, PlayoutSettings, PlayoutStats
+from raopd.output.alsa import AlsaCounters
 from raopd.output.sinks import AudioSink
 
 logger = logging.getLogger(__name__)
@@ -69,6 +80,24 @@ class Stop:
 Command = Push | Flush | UseClock | SetGain | EndStream | Stop
 
 
+@dataclass(frozen=True, slots=True)
+class OutputSnapshot:
+    """The output side, as one consistent copy for statistics and health checks."""
+
+    heartbeat: float
+    playing: bool
+    opened: bool
+    gain: float
+    frames_written: int
+    playout: PlayoutStats
+    interval_min_dac_queue: int | None
+    """Smallest DAC queue (frames) seen since the previous reset; None when nothing played."""
+    interval_bit_exact: bool
+    """Every block written since the previous reset was the sender's samples untouched."""
+    sink: AlsaCounters | None
+    """ALSA counters (None for a file)."""
+
+
 class OutputThread:
     """Runs the playout and the sink on a dedicated thread."""
 
@@ -89,7 +118,12 @@ class OutputThread:
         self._queue: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="raopd-output", daemon=True)
         self._playing = False
+        self._gain = 1.0
         self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._published = PlayoutStats()
+        self._interval_min: int | None = None
+        self._interval_exact = True
 
     @property
     def alive(self) -> bool:
@@ -104,6 +138,27 @@ class OutputThread:
     def submit(self, command: Command) -> None:
         """Queue a command; safe from any thread, never blocks."""
         self._queue.put(command)
+
+    def snapshot(self, reset: bool = False) -> OutputSnapshot:
+        """A consistent copy of the output's counters; `reset` starts a new interval."""
+        counters = getattr(self.sink, "counters", None)
+        sink = counters() if callable(counters) else None
+        with self._lock:
+            snap = OutputSnapshot(
+                heartbeat=self.heartbeat,
+                playing=self._playing,
+                opened=self.sink.opened,
+                gain=self._gain,
+                frames_written=self.frames_written,
+                playout=dataclasses.replace(self._published),
+                interval_min_dac_queue=self._interval_min,
+                interval_bit_exact=self._interval_exact,
+                sink=sink if isinstance(sink, AlsaCounters) else None,
+            )
+            if reset:
+                self._interval_min = None
+                self._interval_exact = True
+        return snap
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the thread and wait for it (at most `timeout` seconds)."""
@@ -135,14 +190,28 @@ class OutputThread:
             block = self.playout.pull_available()
             if len(block):
                 self.sink.write(block)
-                self.frames_written += len(block)
+                self._account(len(block), None)
 
     def _run_clocked(self) -> None:
+        sink = self.sink
+        next_discard = 0.0  # when the next block is due while the device is away
         while True:
             self.heartbeat = self._clock()
-            if not self._playing:
+            if not self._playing or not sink.opened:
+                if not sink.opened and sink.reopen_if_due():
+                    continue
+                if self._playing:
+                    # Device away: consume the timeline at real time so it resumes in sync.
+                    now = self._clock()
+                    if now >= next_discard:
+                        next_discard = max(next_discard, now - 1.0) + self._period_s
+                        self.playout.pull(now, 0, self.period_frames)
+                        self._publish()
+                    timeout = min(IDLE_POLL, max(0.0, next_discard - now))
+                else:
+                    timeout = IDLE_POLL
                 try:
-                    command = self._queue.get(timeout=IDLE_POLL)
+                    command = self._queue.get(timeout=timeout)
                 except queue.Empty:
                     continue
                 if isinstance(command, Stop):
@@ -159,10 +228,31 @@ class OutputThread:
                 self._apply(command)
             if not self._playing:
                 continue
-            delay = self.sink.delay_frames()
-            block = self.playout.pull(self._clock(), delay, self.period_frames)
-            self.sink.write(block)  # blocks until the device has room: this paces the loop
-            self.frames_written += len(block)
+            now, delay = sink.measure()
+            if not sink.opened:
+                continue  # lost while measuring
+            block = self.playout.pull(now, delay, self.period_frames)
+            sink.write(block)  # blocks until the device has room: this paces the loop
+            self._account(len(block), delay)
+
+    @property
+    def _period_s(self) -> float:
+        return self.period_frames / self.playout.settings.rate
+
+    def _account(self, frames: int, delay: int | None) -> None:
+        """Publish counters after a block was written."""
+        self.frames_written += frames
+        with self._lock:
+            if delay is not None:
+                self._interval_min = (
+                    delay if self._interval_min is None else min(self._interval_min, delay)
+                )
+            self._interval_exact = self._interval_exact and self.playout.stats.bit_exact
+            self._published = dataclasses.replace(self.playout.stats)
+
+    def _publish(self) -> None:
+        with self._lock:
+            self._published = dataclasses.replace(self.playout.stats)
 
     def _apply(self, command: Command) -> None:
         if isinstance(command, Push):
@@ -176,6 +266,7 @@ class OutputThread:
             self.playout.use_clock(command.estimate)
         elif isinstance(command, SetGain):
             self.playout.set_volume(command.gain)
+            self._gain = command.gain
         elif isinstance(command, EndStream):
             self.playout.flush(None)
             self.sink.stop()

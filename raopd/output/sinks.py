@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import wave
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -18,6 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from raopd.errors import OutputError
+from raopd.output.alsa import AlsaSink
+
+__all__ = ["AlsaSink", "AudioSink", "FileSink"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +46,18 @@ class AudioSink(Protocol):
     def write(self, pcm: npt.NDArray[np.int16]) -> None:
         """Write frames (blocks while a device is full)."""
 
+    @property
+    def opened(self) -> bool:
+        """True while the output can take audio (False: an unplugged device, being retried)."""
+
     def delay_frames(self) -> int:
         """Frames written but not yet played (0 for files)."""
+
+    def measure(self) -> tuple[float, int]:
+        """(now, delay_frames) read at one instant, on the monotonic clock."""
+
+    def reopen_if_due(self) -> bool:
+        """After a loss, try to open again if it is time; True when open."""
 
     def stop(self) -> None:
         """Drop what is queued: the stream paused or ended."""
@@ -94,8 +108,18 @@ class FileSink:
                 logger.warning("output pipe closed by its reader; discarding audio")
                 self._stream = None
 
+    @property
+    def opened(self) -> bool:
+        return self._wav is not None or self._stream is not None
+
     def delay_frames(self) -> int:
         return 0
+
+    def measure(self) -> tuple[float, int]:
+        return time.monotonic(), 0
+
+    def reopen_if_due(self) -> bool:
+        return self.opened
 
     def stop(self) -> None:
         """Nothing is queued in a file."""
@@ -107,66 +131,3 @@ class FileSink:
         if self._stream is not None and self._stream is not sys.stdout.buffer:
             self._stream.close()
         self._stream = None
-
-
-class AlsaSink:
-    """An ALSA PCM through pyalsaaudio, in blocking mode, S16_LE 44.1 kHz stereo."""
-
-    clocked = True
-
-    def __init__(self, device: str, period_frames: int = 1024, periods: int = 4) -> None:
-        self.device = device
-        self.period_frames = period_frames
-        self.periods = periods
-        self.buffer_frames = period_frames * periods
-        self.underruns = 0
-        self._pcm: object | None = None
-
-    @property
-    def description(self) -> str:
-        return f"ALSA {self.device}"
-
-    def open(self) -> None:
-        import alsaaudio
-
-        try:
-            pcm = alsaaudio.PCM(
-                type=alsaaudio.PCM_PLAYBACK,
-                mode=alsaaudio.PCM_NORMAL,
-                device=self.device,
-                rate=RATE,
-                channels=CHANNELS,
-                format=alsaaudio.PCM_FORMAT_S16_LE,
-                periodsize=self.period_frames,
-                periods=self.periods,
-            )
-        except alsaaudio.ALSAAudioError as exc:
-            raise OutputError(f"cannot open ALSA device {self.device!r}: {exc}") from exc
-        info = pcm.info()
-        self.buffer_frames = int(info.get("buffer_size", self.buffer_frames))
-        self.period_frames = int(info.get("period_size", self.period_frames))
-        self._pcm = pcm
-
-    def write(self, pcm: npt.NDArray[np.int16]) -> None:
-        device = self._pcm
-        if device is None:
-            return
-        written = device.write(pcm.astype("<i2", copy=False).tobytes())  # type: ignore[attr-defined]
-        if written < 0:
-            self.underruns += 1
-
-    def delay_frames(self) -> int:
-        device = self._pcm
-        if device is None:
-            return 0
-        avail = int(device.avail())  # type: ignore[attr-defined]
-        return max(0, self.buffer_frames - avail)
-
-    def stop(self) -> None:
-        if self._pcm is not None:
-            self._pcm.drop()  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        if self._pcm is not None:
-            self._pcm.close()  # type: ignore[attr-defined]
-            self._pcm = None

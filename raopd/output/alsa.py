@@ -1,0 +1,347 @@
+"""ALSA output through pyalsaaudio 0.11: timestamped queue depth, xrun recovery, hot-unplug.
+
+Only the output thread calls an `AlsaSink`. What it adds over a bare `alsaaudio.PCM`:
+
+* **Queue depth at a known instant.** Timestamps are switched on (`PCM_TSTAMP_ENABLE`) on the
+  monotonic clock (`PCM_TSTAMP_TYPE_MONOTONIC`, the clock `time.monotonic()` and the event loop
+  read). `htimestamp()` returns `avail` together with the time the hardware pointer was last
+  updated, so `buffer_size - avail` frames were queued *at that time*; `measure()` moves that to
+  the instant it reads the clock (`queued - elapsed * rate`) and returns the pair
+  `(now, delay_frames)`, which is what `Playout.pull` wants. When the device gives no usable
+  timestamp (not running, a plugin without timestamps, a stamp far from the clock) it falls back
+  to `avail()` read right after the clock.
+* **Xruns.** pyalsaaudio's `write()` prepares the PCM itself after `-EPIPE` but drops the block;
+  the sink counts the underrun and writes the block again. `drop()` leaves the PCM in SETUP, and
+  the next `write()` prepares it: the device stays usable after a flush.
+* **A device that goes away** (USB DAC unplugged: `write()` raises, `avail()` returns -ENODEV or
+  -EBADFD, the state reads DISCONNECTED) is closed; `reopen_if_due()` tries to open it again at
+  once and then every `retry_interval` seconds. The output thread keeps its heartbeat and the
+  timeline meanwhile; the event loop is never involved. `opened` says which case holds (/readyz).
+* **Devices without a clock** (ALSA's `null`, the `file` plugin over `null`) take any amount of
+  audio at once. After a few writes that vanish instantly the sink paces itself to real time with
+  a virtual queue of `buffer_frames`, so such a device does not spin a CPU core and reports a
+  queue depth a real DAC would have.
+
+pyalsaaudio 0.11 releases the GIL around `snd_pcm_writei` (alsaaudio.c, `alsapcm_write`, and in
+`drain`/`close`), so a blocking write never starves the event loop; blocking mode is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from raopd.errors import OutputError
+
+logger = logging.getLogger(__name__)
+
+RATE = 44100
+CHANNELS = 2
+FRAME_BYTES = 4  # S16_LE stereo
+
+# snd_pcm_state_t values (alsaaudio exports the same numbers as PCM_STATE_*).
+STATE_SETUP = 1
+STATE_PREPARED = 2
+STATE_RUNNING = 3
+STATE_XRUN = 4
+STATE_DISCONNECTED = 8
+
+CLOCKLESS_AFTER = 8
+"""Consecutive writes that vanish at once before a device counts as clockless."""
+TSTAMP_SLACK = 1.0
+"""A timestamp more than this (s) away from the clock is not the monotonic clock: ignore it."""
+
+PcmFactory = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AlsaCounters:
+    """A snapshot of the sink's counters (plain values, safe to hand to another thread)."""
+
+    opened: bool
+    underruns: int
+    """Times the DAC ran dry while playing: xruns, plus device losses mid-stream."""
+    device_errors: int
+    """Times the device failed and was closed (unplugged, disconnected, I/O error)."""
+    reopen_attempts: int
+    reopens: int
+    """Successful opens after a loss."""
+    timestamped: bool
+    """The last delay came from a hardware timestamp (False: from avail())."""
+    clockless: bool
+
+
+class AlsaSink:
+    """An ALSA PCM through pyalsaaudio, blocking, S16_LE 44.1 kHz stereo."""
+
+    clocked = True
+
+    def __init__(
+        self,
+        device: str,
+        period_frames: int = 1024,
+        buffer_frames: int = 4096,
+        *,
+        retry_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        pcm_factory: PcmFactory | None = None,
+    ) -> None:
+        self.device = device
+        self.period_frames = period_frames
+        self.buffer_frames = buffer_frames
+        self.retry_interval = retry_interval
+        self._requested = (period_frames, max(2, round(buffer_frames / period_frames)))
+        self._clock = clock
+        self._sleep = sleep
+        self._factory = pcm_factory
+        self._pcm: Any = None
+        self._lock = threading.Lock()  # guards the counters for snapshots from other threads
+        self.underruns = 0
+        self.device_errors = 0
+        self.reopen_attempts = 0
+        self.reopens = 0
+        self._timestamped = False
+        self._tstamp_ok = False
+        self._lost = False  # the device was open once and went away
+        self._next_retry = 0.0
+        self._playing = False  # frames written since the last open/drop
+        self._virtual_end = 0.0  # clockless pacing: when the audio written would have played
+        self._vanished = 0
+        self._clockless = False
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def description(self) -> str:
+        return f"ALSA {self.device}"
+
+    @property
+    def opened(self) -> bool:
+        """True while the PCM is open and usable."""
+        return self._pcm is not None
+
+    def counters(self) -> AlsaCounters:
+        """Counters as plain values; callable from any thread."""
+        with self._lock:
+            return AlsaCounters(
+                opened=self._pcm is not None,
+                underruns=self.underruns,
+                device_errors=self.device_errors,
+                reopen_attempts=self.reopen_attempts,
+                reopens=self.reopens,
+                timestamped=self._timestamped,
+                clockless=self._clockless,
+            )
+
+    # -- open / close ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the PCM; raises OutputError (the daemon's start-up check)."""
+        import alsaaudio
+
+        factory = self._factory or alsaaudio.PCM
+        period, periods = self._requested
+        try:
+            pcm = factory(
+                type=alsaaudio.PCM_PLAYBACK,
+                mode=alsaaudio.PCM_NORMAL,
+                device=self.device,
+                rate=RATE,
+                channels=CHANNELS,
+                format=alsaaudio.PCM_FORMAT_S16_LE,
+                periodsize=period,
+                periods=periods,
+            )
+        except alsaaudio.ALSAAudioError as exc:
+            raise OutputError(f"cannot open ALSA device {self.device!r}: {exc}") from exc
+        try:
+            info = pcm.info()
+            self.buffer_frames = int(info.get("buffer_size", self.buffer_frames))
+            self.period_frames = int(info.get("period_size", self.period_frames))
+        except alsaaudio.ALSAAudioError as exc:
+            pcm.close()
+            raise OutputError(f"ALSA device {self.device!r} unusable: {exc}") from exc
+        try:
+            pcm.set_tstamp_mode(alsaaudio.PCM_TSTAMP_ENABLE)
+            pcm.set_tstamp_type(alsaaudio.PCM_TSTAMP_TYPE_MONOTONIC)
+            self._tstamp_ok = True
+        except (alsaaudio.ALSAAudioError, RuntimeError) as exc:
+            # Some plugins refuse the sw_params; avail() still gives the depth, a bit later.
+            logger.info("ALSA %s: no hardware timestamps (%s); using avail()", self.device, exc)
+            self._tstamp_ok = False
+        with self._lock:
+            self._pcm = pcm
+        self._playing = False
+        self._vanished = 0
+        self._clockless = False
+        self._virtual_end = 0.0
+
+    def reopen_if_due(self) -> bool:
+        """After a loss: try to open again when the retry time has come. True when open."""
+        if self._pcm is not None:
+            return True
+        now = self._clock()
+        if now < self._next_retry:
+            return False
+        self._next_retry = now + self.retry_interval
+        with self._lock:
+            self.reopen_attempts += 1
+        try:
+            self.open()
+        except OutputError as exc:
+            logger.debug("ALSA %s still unavailable: %s", self.device, exc)
+            return False
+        with self._lock:
+            self.reopens += 1
+        self._lost = False
+        logger.warning("ALSA %s is back: playback resumes", self.device)
+        return True
+
+    def stop(self) -> None:
+        """Drop what is queued (flush, pause, end of stream); the next write re-prepares."""
+        pcm = self._pcm
+        self._playing = False
+        self._virtual_end = 0.0
+        if pcm is None:
+            return
+        try:
+            pcm.drop()
+        except Exception as exc:
+            self._device_lost(exc)
+
+    def close(self) -> None:
+        """Release the device without waiting for the queue to drain."""
+        with self._lock:
+            pcm, self._pcm = self._pcm, None
+        if pcm is not None:
+            with contextlib.suppress(Exception):
+                pcm.drop()  # pyalsaaudio's close() drains first: make that instant
+            try:
+                pcm.close()
+            except Exception as exc:
+                logger.debug("ALSA %s: close failed: %s", self.device, exc)
+
+    # -- audio -----------------------------------------------------------------------------------
+
+    def write(self, pcm: npt.NDArray[np.int16]) -> None:
+        """Write frames, blocking while the device is full; losses are handled, not raised."""
+        device = self._pcm
+        frames = len(pcm)
+        if device is None or frames == 0:
+            return
+        data = pcm.astype("<i2", copy=False).tobytes()
+        rewrites = 0
+        while data:
+            try:
+                written = int(device.write(data))
+            except Exception as exc:  # ALSAAudioError: unplugged, I/O error, bad state
+                self._device_lost(exc)
+                return
+            if written == -errno.EPIPE:
+                # Underrun: pyalsaaudio has prepared the PCM again but dropped this block.
+                with self._lock:
+                    self.underruns += 1
+                rewrites += 1
+                if rewrites > 2:
+                    self._device_lost(OSError(errno.EPIPE, "repeated underruns"))
+                    return
+                continue
+            if written < 0:
+                self._device_lost(OSError(-written, "write failed"))
+                return
+            data = data[written * FRAME_BYTES :]
+        self._playing = True
+        self._pace(frames)
+
+    def delay_frames(self) -> int:
+        """Frames written but not yet heard, now."""
+        return self.measure()[1]
+
+    def measure(self) -> tuple[float, int]:
+        """(now, frames queued ahead of the next write at `now`), both at the same instant."""
+        device = self._pcm
+        if device is None:
+            return self._clock(), 0
+        try:
+            state = int(device.state())
+            if state == STATE_DISCONNECTED:
+                raise OSError(errno.ENODEV, "device disconnected")
+            if self._tstamp_ok and state == STATE_RUNNING:
+                sec, nsec, avail = device.htimestamp()
+                now = self._clock()
+                stamp = sec + nsec * 1e-9
+                if 0 <= avail <= self.buffer_frames and abs(now - stamp) < TSTAMP_SLACK:
+                    queued = self.buffer_frames - int(avail)
+                    delay = queued - round(max(0.0, now - stamp) * RATE)
+                    self._timestamped = True
+                    return now, self._with_virtual(now, max(0, delay))
+            now = self._clock()
+            avail = int(device.avail())
+        except Exception as exc:
+            self._device_lost(exc)
+            return self._clock(), 0
+        self._timestamped = False
+        if avail < 0:
+            if avail == -errno.EPIPE or state == STATE_XRUN:
+                # Ran dry since the last write; the next write recovers and counts it.
+                return now, 0
+            if state in (STATE_SETUP, STATE_PREPARED) and avail == -errno.EBADFD:
+                return now, 0  # after drop(): nothing queued, the next write prepares
+            self._device_lost(OSError(-avail, "avail failed"))
+            return now, 0
+        if state != STATE_RUNNING:
+            return now, 0
+        return now, self._with_virtual(now, max(0, self.buffer_frames - avail))
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _with_virtual(self, now: float, queued: int) -> int:
+        if not self._clockless:
+            return queued
+        return max(queued, round((self._virtual_end - now) * RATE))
+
+    def _pace(self, frames: int) -> None:
+        """Detect devices that swallow audio instantly and hold them to real time."""
+        now = self._clock()
+        self._virtual_end = max(self._virtual_end, now) + frames / RATE
+        if not self._clockless:
+            device = self._pcm
+            try:
+                avail = int(device.avail()) if device is not None else -1
+            except Exception:
+                avail = -1
+            # A real DAC still holds at least half of what was just written.
+            if avail >= 0 and self.buffer_frames - avail < frames // 2:
+                self._vanished += 1
+                if self._vanished >= CLOCKLESS_AFTER:
+                    self._clockless = True
+                    logger.info("ALSA %s has no clock of its own: pacing it", self.device)
+            else:
+                self._vanished = 0
+                return
+        ahead = self._virtual_end - now - self.buffer_frames / RATE
+        if self._clockless and ahead > 0:
+            self._sleep(ahead)
+
+    def _device_lost(self, exc: BaseException) -> None:
+        if self._pcm is None:
+            return
+        logger.warning("ALSA %s failed (%s): closing it, will retry", self.device, exc)
+        with self._lock:
+            self.device_errors += 1
+            if self._playing:
+                self.underruns += 1  # the listener hears the DAC run dry
+        self.close()
+        self._lost = True
+        self._playing = False
+        self._next_retry = self._clock()  # first retry at once: most errors are momentary

@@ -1,0 +1,73 @@
+"""The periodic statistics line, with shairport-sync's names where they mean the same.
+
+`format_statistics` is pure: it takes the output thread's snapshot and the playing session's
+counters (any may be missing) and returns one line, e.g.
+
+    Sync Error ms: +0.04, Net Sync PPM: +12.0, All Sync PPM: +9.8, Source Drift PPM: +21.3,
+    Packets: 1200, Missing: 2, Late: 0, Resend Reqs: 2, Resent: 2, Min DAC Queue: 2914,
+    Underruns: 0, Underflows: 0, Resyncs: 0, Gain dB: 0.0, Bit-exact: yes
+
+Meanings: Sync Error = median lateness of the frame being written (+ = late); Net Sync PPM =
+the correction being applied now (+ = dropping frames); All Sync PPM = net frames dropped
+minus inserted per million played since the stream began; Source Drift PPM = sender clock versus
+local clock; Packets/Missing/Late/Resend Reqs = the jitter buffer's counters; Min DAC Queue = the
+smallest ALSA queue (frames) since the previous line; Underruns = DAC xruns and device losses;
+Underflows = times audio was due but had not arrived; Bit-exact = every block since the previous
+line carried the sender's samples untouched.
+"""
+
+from __future__ import annotations
+
+import math
+
+from raopd.core.clock import ClockEstimate
+from raopd.core.jitter import JitterStats
+from raopd.core.session import SessionStats
+from raopd.output.player import OutputSnapshot
+
+
+def _signed(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
+
+
+def format_statistics(
+    output: OutputSnapshot | None,
+    session: SessionStats | None = None,
+    jitter: JitterStats | None = None,
+    estimate: ClockEstimate | None = None,
+) -> str:
+    """One statistics line; fields whose source is missing read `n/a`."""
+    fields: list[tuple[str, str]] = []
+    playout = output.playout if output is not None else None
+    fields.append(("Sync Error ms", _signed(playout.sync_error_ms if playout else None, 2)))
+    fields.append(("Net Sync PPM", _signed(playout.correction_ppm if playout else None, 1)))
+    fields.append(("All Sync PPM", _signed(playout.all_sync_ppm if playout else None, 1)))
+    drift = estimate.drift_ppm if estimate is not None else None
+    if drift is None and playout is not None:
+        drift = playout.source_drift_ppm
+    fields.append(("Source Drift PPM", _signed(drift, 1)))
+    if jitter is not None:
+        fields += [
+            ("Packets", str(jitter.received)),
+            ("Missing", str(jitter.missing)),
+            ("Late", str(jitter.late)),
+            ("Resend Reqs", str(jitter.resend_requests)),
+        ]
+    if session is not None:
+        fields.append(("Resent", str(session.resent_packets)))
+    if output is not None:
+        queue = output.interval_min_dac_queue
+        fields.append(("Min DAC Queue", "n/a" if queue is None else str(queue)))
+        sink = output.sink
+        fields.append(("Underruns", str(sink.underruns) if sink is not None else "0"))
+        if sink is not None and (sink.device_errors or not sink.opened):
+            fields.append(("Device Errors", str(sink.device_errors)))
+            fields.append(("Reopens", f"{sink.reopens}/{sink.reopen_attempts}"))
+            fields.append(("Device", "open" if sink.opened else "absent"))
+        assert playout is not None
+        fields.append(("Underflows", str(playout.underflows)))
+        fields.append(("Resyncs", str(playout.resyncs)))
+        gain_db = 20 * math.log10(output.gain) if output.gain > 0 else -math.inf
+        fields.append(("Gain dB", "mute" if gain_db == -math.inf else f"{gain_db:.1f}"))
+        fields.append(("Bit-exact", "yes" if output.interval_bit_exact else "no"))
+    return ", ".join(f"{name}: {value}" for name, value in fields)
