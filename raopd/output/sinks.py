@@ -126,6 +126,11 @@ class AlsaSink:
     def description(self) -> str:
         return f"ALSA {self.device}"
 
+    @property
+    def opened(self) -> bool:
+        """True while the device is open (/readyz reads it)."""
+        return self._pcm is not None
+
     def open(self) -> None:
         import alsaaudio
 
