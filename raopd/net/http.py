@@ -229,7 +229,19 @@ class HttpServer:
             logger.exception("HTTP connection failed")
         finally:
             self._active.discard(task)
-            writer.transport.abort()  # the response is flushed by now, or never will be
+            await self._close(writer)
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        """Close after what is buffered is sent; a reader that does not take it is cut off."""
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), WRITE_TIMEOUT)
+        except (OSError, TimeoutError):
+            writer.transport.abort()
+        except asyncio.CancelledError:  # the server is closing
+            writer.transport.abort()
+            raise
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head_only = False
