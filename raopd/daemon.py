@@ -17,6 +17,7 @@ import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+from raopd import metrics
 from raopd.config import Config
 from raopd.core.arbiter import PlayArbiter
 from raopd.core.events import (
@@ -35,6 +36,7 @@ from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
 from raopd.core.volume import volume_to_gain
 from raopd.errors import OutputError
 from raopd.net.device_id import load_or_create_device_id
+from raopd.net.http import HttpServer
 from raopd.net.mdns import MdnsAdvertiser
 from raopd.net.server import RtspServer, ServerSettings
 from raopd.output.mixer import HardwareMixer
@@ -59,6 +61,8 @@ class DaemonState:
     sessions_started: int = 0
     playing: RaopSession | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    totals: metrics.SessionTotals = field(default_factory=metrics.SessionTotals)
+    http: HttpServer | None = None
 
 
 def open_sink(config: Config) -> AudioSink:
@@ -220,6 +224,17 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
     receiver = ReceiverInfo(name=config.name, hw_addr=hw_addr, password=config.password)
     state = DaemonState(config=config, receiver=receiver)
     async with AsyncExitStack() as stack:
+        if config.http_port:
+            # First, so that probes get an answer (not ready yet) while the rest starts.
+            http = HttpServer(
+                metrics.routes(state, metrics.make_registry(state)),
+                address=config.address,
+                port=config.http_port,
+            )
+            await http.start()
+            stack.push_async_callback(http.close)
+            state.http = http
+
         sink = open_sink(config)
         stack.callback(sink.close)
         output = OutputThread(
@@ -255,6 +270,8 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             arbiter=PlayArbiter(config.allow_session_interruption),
             on_event=router,
         )
+        server.on_event = state.totals.wrap(server.on_event)  # session totals for /metrics
+        state.totals.gain_of = router._gain if router.apply_volume else None
         await server.start()
         stack.push_async_callback(server.close)
         state.server = server

@@ -1,0 +1,324 @@
+"""Health, readiness and Prometheus metrics, all read from the daemon's state when asked.
+
+Nothing here runs on the audio path: the session, jitter buffer, playout and sinks keep their
+plain integer counters, and a custom collector turns them into Prometheus families at scrape
+time, on the event loop. Counters over sessions are running totals: the counters of sessions
+that ended are added up when they end (`SessionTotals`), the live sessions' are added at scrape
+time, so a total never goes backwards. Labels are few and fixed (no session ids, names or
+addresses), so the series count does not grow with use.
+
+- `health(state)`: the event loop answers (this code runs) and the audio output thread is
+  alive with a heartbeat newer than `HEARTBEAT_STALE` seconds.
+- `readiness(state)`: RTSP listening, the mDNS service registered, the audio device open.
+- `make_registry(state)`: a `CollectorRegistry` of our own (never the library's global one)
+  with the daemon collector and the process collector (CPU seconds, memory, open fds).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from raopd import __version__
+from raopd.core.events import Event, SessionEnded, VolumeChanged
+from raopd.core.session import RaopSession, State
+from raopd.net.http import Response, Route
+
+if TYPE_CHECKING:
+    from raopd.daemon import DaemonState
+
+# The classic text format every Prometheus version reads; our names need nothing newer.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HEARTBEAT_STALE = 5.0  # seconds: the output loop ticks at least every 0.5 s when healthy
+
+# SessionEnded reasons as the session words them -> the label value. Anything else is "other",
+# so an unexpected reason cannot add series.
+END_REASONS = {
+    "teardown": "teardown",
+    "connection closed": "connection_closed",
+    "timed out": "timed_out",
+    "interrupted by another sender": "interrupted",
+}
+END_REASON_LABELS = (*END_REASONS.values(), "other")
+
+EventSink = Callable[[RaopSession, Event], None]
+
+
+def sink_opened(sink: object) -> bool:
+    """True when the sink's device is open. ALSA sinks say so in `opened`; a sink without
+    the flag (a file) is open from the moment the daemon has it."""
+    return bool(getattr(sink, "opened", True))
+
+
+@dataclass(slots=True)
+class SessionTotals:
+    """Counters of the sessions that ended, and what the daemon saw in their events."""
+
+    ended: Counter[str] = field(default_factory=Counter)  # by END_REASON_LABELS
+    session: Counter[str] = field(default_factory=Counter)  # SessionStats fields
+    jitter: Counter[str] = field(default_factory=Counter)  # JitterStats fields
+    volume: float | None = None  # the last AirPlay volume a sender set
+    # AirPlay volume -> the linear gain the output applies (None: volume is not applied).
+    gain_of: Callable[[float], float] | None = None
+    _folded: weakref.WeakSet[RaopSession] = field(default_factory=weakref.WeakSet)
+
+    def observe(self, session: RaopSession, event: Event) -> None:
+        """Account for one session event (called before the daemon's own router)."""
+        if isinstance(event, VolumeChanged):
+            self.volume = event.volume
+        elif isinstance(event, SessionEnded) and session not in self._folded:
+            self._folded.add(session)
+            self.ended[END_REASONS.get(event.reason, "other")] += 1
+            self.session.update(asdict(session.stats))
+            self.jitter.update(asdict(session.jitter_stats))
+
+    def wrap(self, sink: EventSink) -> EventSink:
+        """An event sink that accounts for each event, then passes it on to `sink`."""
+
+        def observed(session: RaopSession, event: Event) -> None:
+            self.observe(session, event)
+            sink(session, event)
+
+        return observed
+
+    def gain(self, volume: float) -> float:
+        """The linear gain the output applies at `volume`."""
+        return 1.0 if self.gain_of is None else self.gain_of(volume)
+
+    def live(self, sessions: Iterable[RaopSession]) -> list[RaopSession]:
+        """The sessions among `sessions` whose counters are not folded in yet."""
+        return [s for s in sessions if s not in self._folded]
+
+
+# -------------------------------------------------------------------------- probes
+
+
+def health(state: DaemonState, now: float | None = None) -> tuple[bool, list[str]]:
+    """(healthy, problems). The event loop is alive, since this runs on it."""
+    output = state.output
+    if output is None:
+        return False, ["audio output thread not started"]
+    if not output.alive:
+        return False, ["audio output thread has stopped"]
+    age = (time.monotonic() if now is None else now) - output.heartbeat
+    if age > HEARTBEAT_STALE:
+        return False, [f"audio output thread stuck: no heartbeat for {age:.1f} s"]
+    return True, []
+
+
+def readiness(state: DaemonState) -> tuple[bool, list[str]]:
+    """(ready, what is not ready yet): RTSP listening, mDNS registered, audio device open."""
+    missing: list[str] = []
+    if state.server is None or not state.server.listening:
+        missing.append("RTSP server not listening")
+    if state.mdns is None or not state.mdns.registered:
+        missing.append("mDNS service not registered")
+    if state.output is None or not sink_opened(state.output.sink):
+        missing.append("audio device not open")
+    return not missing, missing
+
+
+def _probe_response(ok: bool, problems: list[str], good: str) -> Response:
+    if ok:
+        return Response.text(200, good)
+    return Response.text(503, "\n".join(problems))
+
+
+def routes(state: DaemonState, registry: CollectorRegistry) -> dict[str, Route]:
+    """The HTTP pages: /healthz, /readyz, /metrics, and an index at /."""
+
+    def healthz() -> Response:
+        return _probe_response(*health(state), "ok")
+
+    def readyz() -> Response:
+        return _probe_response(*readiness(state), "ready")
+
+    def metrics() -> Response:
+        return Response(200, generate_latest(registry), CONTENT_TYPE)
+
+    def index() -> Response:
+        return Response.text(200, "raopd: /healthz /readyz /metrics")
+
+    return {"/": index, "/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
+
+
+# -------------------------------------------------------------------------- metrics
+
+
+def make_registry(state: DaemonState) -> CollectorRegistry:
+    """A registry of our own with the daemon's collector and the process collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(state))
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, memory, fds (Linux)
+    return registry
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+# (metric name without raopd_ and _total, source field, help). Session and jitter counters
+# are totals over every session since start.
+_SESSION_COUNTERS = (
+    ("rtsp_requests", "requests", "RTSP requests received"),
+    ("rtsp_bad_requests", "bad_requests", "RTSP requests refused as malformed or invalid"),
+    ("datagrams", "datagrams", "UDP datagrams received on session ports"),
+    ("bad_datagrams", "bad_datagrams", "UDP datagrams dropped as malformed or unexpected"),
+    ("foreign_datagrams", "foreign_datagrams", "UDP datagrams dropped: not from the sender"),
+    ("packets_resent", "resent_packets", "Audio packets received as resends"),
+    ("packets_flushed", "flushed_packets", "Audio packets dropped as older than a flush"),
+    ("packets_undecodable", "undecodable", "Audio packets that failed to decrypt or decode"),
+    ("session_frames", "frames_out", "Frames the sessions passed to the output"),
+    ("session_silent_frames", "silent_frames_out", "Frames of silence standing in for losses"),
+    ("resend_request_datagrams", "resend_datagrams", "Resend request datagrams sent"),
+)
+_JITTER_COUNTERS = (
+    ("packets_received", "received", "Audio packets received, first copies (jitter buffer)"),
+    ("packets_duplicate", "duplicates", "Audio packets received more than once"),
+    ("packets_late", "late", "Audio packets received after their gap was given up"),
+    ("packets_missing", "missing", "Audio packets found missing (sequence gaps)"),
+    ("packets_lost", "lost", "Missing audio packets never repaired (played as silence)"),
+    ("packets_resend_requested", "resend_requests", "Sequence numbers asked for again"),
+)
+
+
+class DaemonCollector(Collector):
+    """Reads the daemon's counters at scrape time."""
+
+    def __init__(self, state: DaemonState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state
+        totals = state.totals
+        server = state.server
+        sessions = [c.session for c in server.connections] if server is not None else []
+        live = totals.live(s for s in sessions if s is not None)
+
+        info = InfoMetricFamily("raopd_build", "raopd version")
+        info.add_metric([], {"version": __version__})
+        yield info
+
+        ready, _ = readiness(state)
+        healthy, _ = health(state)
+        yield _gauge("raopd_ready", "1 when /readyz would answer 200", ready)
+        yield _gauge("raopd_healthy", "1 when /healthz would answer 200", healthy)
+        yield _gauge(
+            "raopd_rtsp_listening",
+            "1 while the RTSP server listens",
+            server is not None and server.listening,
+        )
+        yield _gauge(
+            "raopd_mdns_registered",
+            "1 while the speaker is advertised over mDNS",
+            state.mdns is not None and state.mdns.registered,
+        )
+
+        # Sessions: one per RTSP connection; a stream is a session that sent RECORD.
+        yield _counter(
+            "raopd_sessions", "RTSP sessions since start", sum(totals.ended.values()) + len(live)
+        )
+        yield _gauge(
+            "raopd_sessions_active",
+            "RTSP sessions open now",
+            sum(1 for s in live if s.state is not State.ENDED),
+        )
+        ended = CounterMetricFamily(
+            "raopd_sessions_ended", "RTSP sessions ended, by reason", labels=["reason"]
+        )
+        for reason in END_REASON_LABELS:
+            ended.add_metric([reason], totals.ended[reason])
+        yield ended
+        yield _counter("raopd_streams_started", "Streams started (RECORD)", state.sessions_started)
+        yield _gauge("raopd_streams_playing", "1 while a stream plays", state.playing is not None)
+
+        for name, key, doc in _SESSION_COUNTERS:
+            value = totals.session[key] + sum(getattr(s.stats, key) for s in live)
+            yield _counter(f"raopd_{name}", doc, value)
+        for name, key, doc in _JITTER_COUNTERS:
+            value = totals.jitter[key] + sum(getattr(s.jitter_stats, key) for s in live)
+            yield _counter(f"raopd_{name}", doc, value)
+        yield _counter(
+            "raopd_session_processing_seconds",
+            "Event-loop time spent on sender input: RTSP, datagram parsing, jitter buffer, "
+            "decryption and decoding, and handing audio to the output thread",
+            server.busy_seconds if server is not None else 0.0,
+        )
+
+        volume = totals.volume if totals.volume is not None else state.config.default_volume
+        yield _gauge("raopd_volume", "AirPlay volume: -30 (quietest) to 0, -144 = mute", volume)
+        yield _gauge(
+            "raopd_volume_gain",
+            "Linear gain applied to the audio (1 = untouched)",
+            totals.gain(volume),
+        )
+
+        yield from self._output()
+
+    def _output(self) -> Iterator[Metric]:
+        output = self.state.output
+        alive = output is not None and output.alive
+        yield _gauge("raopd_output_thread_alive", "1 while the audio output thread runs", alive)
+        if output is None:
+            return
+        yield _gauge(
+            "raopd_output_heartbeat_age_seconds",
+            "Seconds since the audio output thread last went round its loop",
+            max(0.0, time.monotonic() - output.heartbeat),
+        )
+        yield _gauge(
+            "raopd_audio_device_open", "1 while the audio device is open", sink_opened(output.sink)
+        )
+        yield _counter(
+            "raopd_output_frames", "Frames written to the audio output", output.frames_written
+        )
+        yield _counter(
+            "raopd_output_underruns",
+            "ALSA underruns (the device ran dry)",
+            int(getattr(output.sink, "underruns", 0)),
+        )
+        stats = output.playout.stats
+        yield _gauge(
+            "raopd_sync_error_seconds",
+            "Recent median playout timing error, positive = late",
+            stats.sync_error_ms / 1e3,
+        )
+        yield _gauge(
+            "raopd_correction_ppm",
+            "Drift correction applied now, positive = dropping frames",
+            stats.correction_ppm,
+        )
+        yield _gauge(
+            "raopd_net_correction_ppm",
+            "Frames dropped minus inserted per million played, this stream",
+            stats.all_sync_ppm,
+        )
+        if stats.source_drift_ppm is not None:  # no sample until measured, rather than NaN
+            yield _gauge(
+                "raopd_drift_ppm", "Sender clock rate versus ours, ppm", stats.source_drift_ppm
+            )
+        yield _gauge("raopd_playout_queue_frames", "Frames queued for playout", stats.queue_frames)
+        for name, value, doc in (
+            ("playout_frames_played", stats.frames_played, "Frames played by timed playout"),
+            ("playout_frames_inserted", stats.frames_inserted, "Frames inserted (drift)"),
+            ("playout_frames_dropped", stats.frames_dropped, "Frames dropped (drift)"),
+            ("playout_silence_frames", stats.silence_frames, "Frames of silence written"),
+            ("playout_skipped_frames", stats.skipped_frames, "Late or flushed frames skipped"),
+            ("playout_resyncs", stats.resyncs, "Playout realignments"),
+            ("playout_underflows", stats.underflows, "Pulls where due audio was not there"),
+        ):
+            yield _counter(f"raopd_{name}", doc, value)
