@@ -94,9 +94,14 @@ def test_readiness_lists_what_is_missing(output):
     assert page.body == b"RTSP server not listening\nmDNS service not registered\n"
 
 
-def test_sink_opened():
-    assert metrics.sink_opened(FileSink("/nonexistent"))  # no flag: open when made
+def test_sink_opened(tmp_path):
+    sink = FileSink(str(tmp_path / "out.raw"))
+    assert not metrics.sink_opened(sink)
+    sink.open()
+    assert metrics.sink_opened(sink)
+    sink.close()
     assert not metrics.sink_opened(AlsaSink("null"))  # not opened yet
+    assert metrics.sink_opened(object())  # a sink with no flag counts as open
 
 
 def make_server(sessions: list[RaopSession]) -> RtspServer:
