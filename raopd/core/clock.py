@@ -48,6 +48,8 @@ node-airtunes median |err| 0.23 ms (min_rtt 0.14; its clock has 1 ms steps), cli
 """
 
 import math
+import statistics
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -61,6 +63,12 @@ FIXED_LATENCY_FRAMES = 11025
 
 DRIFT_PRIOR = 100e-6
 """Spread of real clock drift (crystals): the prior the drift fit is shrunk towards 0 with."""
+
+DRIFT_LIMIT = 500e-6
+"""The envelope drift is searched within +-500 ppm: crystals are specified to +-100 ppm."""
+
+_MAX_POINTS = 20_000
+"""Memory bound on kept exchanges per direction (the horizon at 10 per second is 6000)."""
 
 MAX_RTT = 0.200
 """Replies with a longer round trip say more about the network than about the clocks."""
@@ -123,12 +131,106 @@ class LowRttMedianFilter:
         return MedianFilter().offset_at(best, drift, at)
 
 
-FILTERS: dict[str, type[MinRttFilter] | type[MedianFilter] | type[LowRttMedianFilter]] = {
+SAMPLE_FILTERS: dict[str, type[MinRttFilter] | type[MedianFilter] | type[LowRttMedianFilter]] = {
     "min_rtt": MinRttFilter,
     "median": MedianFilter,
     "low_rtt_median": LowRttMedianFilter,
 }
-DEFAULT_FILTER = "median"
+ENVELOPE = "envelope"
+FILTERS = (ENVELOPE, *SAMPLE_FILTERS)
+"""Every offset estimator `ClockSync(filter=...)` accepts; the per-sample ones are kept for
+comparison (benchmarks/sync.py --filter)."""
+DEFAULT_FILTER = ENVELOPE
+
+
+def _lower_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Lower convex hull of points sorted by x (Andrew's monotone chain, lower half)."""
+    hull: list[tuple[float, float]] = []
+    for p in points:
+        if hull and hull[-1][0] == p[0]:
+            if hull[-1][1] <= p[1]:
+                continue  # same instant, higher delay: never on the envelope
+            hull.pop()
+        while len(hull) >= 2:
+            (ax, ay), (bx, by) = hull[-2], hull[-1]
+            # Drop b unless a -> b -> p turns left (strictly convex from below).
+            if (bx - ax) * (p[1] - ay) - (by - ay) * (p[0] - ax) > 0:
+                break
+            hull.pop()
+        hull.append(p)
+    return hull
+
+
+class _Envelope:
+    """Lower envelope of one direction's one-way delays (time, delay), over a time window.
+
+    Only lower-hull vertices can ever be the minimum of `delay - slope * time` for some slope,
+    so those are all that the estimate needs; every point is kept too (for when a vertex ages
+    out of the window and the hull must be rebuilt).
+    """
+
+    def __init__(self) -> None:
+        self.points: deque[tuple[float, float]] = deque()
+        self.hull: list[tuple[float, float]] = []
+        self.slopes: list[float] = []
+
+    def add(self, t: float, d: float) -> None:
+        self.points.append((t, d))
+        if self.hull and t < self.hull[-1][0]:
+            self.hull = _lower_hull(sorted([*self.hull, (t, d)]))
+        else:
+            self.hull = _lower_hull([*self.hull, (t, d)])
+        self._slopes()
+
+    def expire(self, before: float, max_points: int) -> None:
+        rebuild = False
+        while self.points and (self.points[0][0] < before or len(self.points) > max_points):
+            rebuild = rebuild or self.points[0] in self.hull
+            self.points.popleft()
+        if rebuild:
+            self.hull = _lower_hull(sorted(self.points))
+            self._slopes()
+
+    def _slopes(self) -> None:
+        h = self.hull
+        self.slopes = [(h[k + 1][1] - h[k][1]) / (h[k + 1][0] - h[k][0]) for k in range(len(h) - 1)]
+
+    def vertex(self, slope: float) -> tuple[float, float]:
+        """The point minimising delay - slope * time (the envelope's support point)."""
+        return self.hull[bisect_left(self.slopes, slope)]
+
+
+def solve_envelopes(
+    forward: _Envelope, backward: _Envelope, limit: float
+) -> tuple[float, float, float]:
+    """The drift that lifts both envelopes highest: (drift, forward line at t=0, backward line).
+
+    Forward delays sit on `base + offset(t)`, backward on `base - offset(t)`, offset(t) = a +
+    drift * t. For a trial drift, each envelope's height is min(d -+ drift * t); their sum is
+    concave in the drift, with derivative t_backward_vertex - t_forward_vertex (decreasing).
+    The maximum is where that derivative changes sign; if it is zero over an interval (the data
+    cannot tell those drifts apart), the drift closest to 0 is taken.
+    """
+
+    def derivative(drift: float) -> float:
+        return backward.vertex(-drift)[0] - forward.vertex(drift)[0]
+
+    def edge(positive: bool) -> float:
+        # positive: sup{drift: derivative > 0}; else inf{drift: derivative < 0}.
+        lo, hi = -limit, limit
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if (derivative(mid) > 0) if positive else (derivative(mid) >= 0):
+                lo = mid
+            else:
+                hi = mid
+        return lo if positive else hi
+
+    low, high = edge(True), edge(False)
+    drift = min(max(0.0, low), high) if low <= high else (low + high) / 2
+    tf, df = forward.vertex(drift)
+    tb, db = backward.vertex(-drift)
+    return drift, df - drift * tf, db + drift * tb
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,9 +334,11 @@ class _Pending:
 class ClockSync:
     """Sends timing requests on a schedule and turns replies + sync packets into estimates.
 
-    Schedule: `burst` requests `burst_interval` apart from the first `make_request`, then one
-    every `interval` seconds. `next_request_time()` is None until the session sends the first
-    request (it calls `make_request(now)` when the timing channel is up).
+    Schedule (adaptive, see the module docstring): requests `fast_interval` apart until the
+    estimator has `fast_samples_per_ms` samples per ms of measured jitter (at least
+    `fast_min_samples`, at most `fast_max_samples`), then one every `jitter_budget / jitter`
+    seconds, between `min_interval` and `interval`. `next_request_time()` is None until the
+    session sends the first request (it calls `make_request(now)` when the timing channel is up).
     """
 
     def __init__(
@@ -246,24 +350,45 @@ class ClockSync:
         latency_offset: float = 0.0,
         filter: str = DEFAULT_FILTER,
         window: int = 64,
-        burst: int = 8,
-        burst_interval: float = 0.25,
-        interval: float = 3.0,
+        horizon: float = 600.0,
+        fast_interval: float = 0.010,
+        fast_min_samples: int = 300,
+        fast_samples_per_ms: float = 100.0,
+        fast_max_samples: int = 2000,
+        jitter_budget: float = 0.0005,
+        min_interval: float = 0.1,
+        interval: float = 1.0,
     ) -> None:
-        """`latency_offset` is the user's offset in seconds (+ = later), added to L; `window`
-        samples are kept (64 at 3 s is about 3 minutes, enough for a drift fit to a few ppm)."""
+        """`latency_offset` is the user's offset in seconds (+ = later), added to L. The
+        envelope estimator keeps `horizon` seconds of exchanges; the per-sample filters keep
+        the newest `window` samples."""
+        if filter not in FILTERS:
+            raise ValueError(f"unknown clock filter {filter!r}")
         self.rate = rate
         self.min_latency_frames = min_latency_frames
         self.max_latency_frames = max_latency_frames
         self.latency_offset = latency_offset
-        self.burst = burst
-        self.burst_interval = burst_interval
+        self.horizon = horizon
+        self.fast_interval = fast_interval
+        self.fast_min_samples = fast_min_samples
+        self.fast_samples_per_ms = fast_samples_per_ms
+        self.fast_max_samples = fast_max_samples
+        self.jitter_budget = jitter_budget
+        self.min_interval = min_interval
         self.interval = interval
         self.stats = ClockStats()
-        self._filter: OffsetFilter = FILTERS[filter]()
+        self.filter_name = filter
+        self._filter: OffsetFilter | None = (
+            SAMPLE_FILTERS[filter]() if filter in SAMPLE_FILTERS else None
+        )
         self._samples: deque[TimingSample] = deque(maxlen=window)
-        # A few outstanding requests are enough: replies later than 200 ms are useless anyway.
-        self._pending: deque[_Pending] = deque(maxlen=16)
+        self._forward = _Envelope()
+        self._backward = _Envelope()
+        self._rtts: deque[float] = deque(maxlen=100)
+        self._accepted = 0
+        # Requests in flight: replies later than 200 ms are useless, so this covers 200 ms of
+        # the fast schedule.
+        self._pending: deque[_Pending] = deque(maxlen=32)
         self._base_ns: int | None = None
         self._drift = 0.0
         self._drift_stderr = DRIFT_PRIOR
@@ -272,8 +397,30 @@ class ClockSync:
         self._sent = 0
         self._sync: SyncPacket | None = None
         self._estimate: ClockEstimate | None = None
+        self._offset = 0.0  # seconds relative to _base_ns, at _reference
+        self._reference = 0.0
 
     # -- timing channel -------------------------------------------------------------------------
+
+    def jitter(self) -> float | None:
+        """Measured network jitter (s): median minus minimum RTT over the last 100 exchanges
+        (for independent uniform(0, J) delays each way, that is J)."""
+        if len(self._rtts) < 8:
+            return None
+        return statistics.median(self._rtts) - min(self._rtts)
+
+    def _step(self) -> float:
+        jitter = self.jitter()
+        # The fast phase ends by itself after 1.25 x its cap even if replies never come.
+        if self._sent < 1.25 * self.fast_max_samples:
+            if self._sent < self.fast_min_samples or jitter is None:
+                return self.fast_interval
+            wanted = min(self.fast_max_samples, self.fast_samples_per_ms * jitter * 1e3)
+            if self._accepted < wanted:
+                return self.fast_interval
+        if not jitter:
+            return self.interval
+        return min(self.interval, max(self.min_interval, self.jitter_budget / jitter))
 
     def make_request(self, now: float) -> bytes:
         """A 0xD2 request carrying `now` as its transmit time; schedules the next one."""
@@ -281,8 +428,7 @@ class ClockSync:
         self._pending.append(_Pending(now, origin))
         self._sent += 1
         self.stats.requests += 1
-        step = self.burst_interval if self._sent < self.burst else self.interval
-        self._next_request = now + step
+        self._next_request = now + self._step()
         return bytes(TimingPacket(False, 0, 0, origin))
 
     def next_request_time(self) -> float | None:
@@ -306,16 +452,31 @@ class ClockSync:
         if not 0 <= rtt_ns <= MAX_RTT * _NS:
             self.stats.discarded_rtt += 1
             return
+        self._accepted += 1
+        self._rtts.append(rtt_ns / _NS)
         offset_ns = ((t2 - t1) + (t3 - t4)) // 2
         if self._base_ns is None:
             self._base_ns = offset_ns
-        self.add_sample(
-            TimingSample((pending.sent + now) / 2, (offset_ns - self._base_ns) / _NS, rtt_ns / _NS)
-        )
+        base = self._base_ns
+        # Both one-way delays at the exchange's midpoint, the offset base taken out so floats
+        # keep ns resolution: forward = delay + offset, backward = delay - offset.
+        middle = (pending.sent + now) / 2
+        self._forward.add(middle, (t2 - t1 - base) / _NS)
+        self._backward.add(middle, (t4 - t3 + base) / _NS)
+        self._forward.expire(middle - self.horizon, _MAX_POINTS)
+        self._backward.expire(middle - self.horizon, _MAX_POINTS)
+        self.add_sample(TimingSample(middle, (offset_ns - base) / _NS, rtt_ns / _NS))
 
     def add_sample(self, sample: TimingSample) -> None:
         """Keep one sample (offset relative to the first) and refresh the estimate."""
         self._samples.append(sample)
+        if self._filter is None:
+            drift, forward, backward = solve_envelopes(self._forward, self._backward, DRIFT_LIMIT)
+            self._drift = drift
+            self._reference = sample.local
+            self._offset = (forward - backward) / 2 + drift * sample.local
+            self._update()
+            return
         fit = fit_drift(list(self._samples))
         if fit is not None and math.isfinite(fit.stderr):
             # Shrink the fitted slope towards 0 by its uncertainty against the crystal prior
@@ -326,6 +487,8 @@ class ClockSync:
             self._drift = max(-1e-3, min(1e-3, fit.drift * prior / (prior + variance)))
             self._drift_stderr = math.sqrt(prior * variance / (prior + variance))
             self._noise = fit.noise
+        self._reference = sample.local
+        self._offset = self._filter.offset_at(self._window(), self._drift, sample.local)
         self._update()
 
     def _window(self) -> list[TimingSample]:
@@ -374,9 +537,8 @@ class ClockSync:
         sync = self._sync
         if sync is None or not self._samples or self._base_ns is None:
             return
-        reference = self._samples[-1].local
-        offset = self._filter.offset_at(self._window(), self._drift, reference)
-        offset_ns = self._base_ns + round(offset * _NS)
+        reference = self._reference
+        offset_ns = self._base_ns + round(self._offset * _NS)
         latency = self.latency_frames(sync)
         sender_ns = ntp_to_ns(sync.ntp)
         self._estimate = ClockEstimate(
@@ -388,5 +550,5 @@ class ClockSync:
             latency_frames=latency,
             offset_ns=offset_ns,
             samples=len(self._samples),
-            filter=self._filter.name,
+            filter=self.filter_name,
         )
