@@ -30,8 +30,9 @@ def test_sync_error_after_lock_in(ppm, jitter):
     assert stats.all_sync_ppm == pytest.approx(ppm, abs=15)
 
 
-def test_step_in_dac_position_resyncs_exactly_once():
-    result = simulate(Scenario(sender_ppm=50, jitter=0.0, seconds=40, step_at=20.0))
+@pytest.mark.parametrize("jitter", [0.0, 0.020])
+def test_step_in_dac_position_resyncs_exactly_once(jitter):
+    result = simulate(Scenario(sender_ppm=50, jitter=jitter, seconds=40, step_at=20.0))
     assert result.playout.stats.resyncs == 1
     assert result.playout.stats.skipped_frames == pytest.approx(0.060 * RATE, abs=2)
     late = np.abs(result.errors[-500:])
