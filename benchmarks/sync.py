@@ -6,7 +6,7 @@ intended time, after 5 s), the clock estimate's own p99 error, net correction pp
 inserted/dropped, resyncs. The simulation harness is tests/core/fake_dac.py (one place for the
 fakes; nothing in raopd/ imports it).
 
-    python benchmarks/sync.py [--seconds 600] [--filter median|min_rtt|low_rtt_median]
+    python benchmarks/sync.py [--seconds 600] [--filter envelope|median|min_rtt|low_rtt_median]
 """
 
 import argparse
@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--filter", default=None)
-    parser.add_argument("--jitter-ms", type=float, nargs="*", default=[0.0, 1.0, 20.0])
+    parser.add_argument("--jitter-ms", type=float, nargs="*", default=[0.0, 1.0, 5.0, 20.0])
     args = parser.parse_args()
     for jitter_ms in args.jitter_ms:
         for ppm in (-200, -50, 0, 50, 200):

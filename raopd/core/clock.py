@@ -15,39 +15,64 @@ Two relations make up the timeline (protocol.md §5.3, §6):
 `ClockEstimate.local_time(rtptime)` combines both: sender time of the frame from the anchor, then
 minus the offset, extrapolated with the drift (ppm) between the two clocks.
 
-Filters. Samples with RTT > 200 ms are discarded, replies that do not echo one of our requests
-are counted and ignored. The kept samples (a window of the newest `window`) feed:
+Estimator (default `filter="envelope"`). Replies with RTT > 200 ms are discarded, replies that do
+not echo one of our requests are counted and ignored. Each kept exchange gives two one-way
+delays, both placed at the exchange's midpoint t:
 
-* a drift estimate: least squares line of offset against local time, each sample weighted by
-  1/(RTT + 1 ms)^2 (a sample's error is bounded by RTT/2, so that is its inverse variance, give or
-  take). The slope is shrunk towards 0 by its own standard error against a 100 ppm crystal prior,
-  so the start-up burst (where 1 ms of jitter over 2 s reads as +-100 ppm) cannot throw the
-  timeline off, while a minute of samples is trusted fully;
-* a window choice: the newest k samples, k minimising noise^2/k + (drift_stderr * mean age)^2;
-* an offset filter over that window, behind the `OffsetFilter` interface:
-  - `MinRttFilter` (NTP's clock filter, shairport-sync's choice): the offset of the sample with
-    the smallest RTT, carried forward with the drift;
-  - `MedianFilter` (snapcast's choice): the median of the samples, each carried to one instant;
-  - `LowRttMedianFilter`: the median of the lowest-RTT quarter (measured, not better overall).
+    forward  T2 - T1 = base + jitter_f + offset(t)        offset(t) = a + drift * t
+    backward T4 - T3 = base + jitter_b - offset(t)
 
-Why `median` is the default. benchmarks/sync.py, 10 simulated minutes per scenario, each
-direction's delay 0.2 ms + uniform(0, jitter), independent; p99 of |estimated - true offset|
-after 5 s, for clock differences -200/-50/0/+50/+200 ppm:
+A per-exchange offset ((T2-T1) + (T3-T4)) / 2 is off by (jitter_f - jitter_b) / 2: with 20 ms of
+jitter that is several ms, and a median over a few samples cannot average it away. The least
+delayed packets, though, are nearly undelayed: the minimum of n uniform(0, J) delays is about
+J / (n + 1). So the estimator works on each direction's *lower envelope* (lower convex hull of
+(t, delay), all exchanges of the last `horizon` = 10 minutes): for a trial drift, each envelope's
+height is min(delay -+ drift * t); their sum is concave in the drift and the drift that maximises it
+is taken (if a range of drifts does equally well, the one closest to 0; searched within +-500
+ppm). Then offset = (forward height - backward height) / 2: the common base delay cancels, and
+only the difference of the two directions' smallest jitters remains. This is the clock-filter
+idea of NTP (minimum delay) with the linear-programming skew estimate of one-way delay work, but
+with the two directions kept apart (a minimum over each direction separately beats the single
+lowest-RTT exchange: ~J/n against ~J*sqrt(2/n)). Only hull vertices are ever a minimum, so an
+update is a bisection over a few dozen points (about 0.1 ms of CPU). The remaining assumption,
+as for every NTP-style method, is that the *minimum* delays are the same both ways.
 
-  jitter 1 ms:   median 0.24/0.26/0.23/0.24/0.24 ms    min_rtt 0.25/0.34/0.28/0.34/0.25 ms
-  jitter 20 ms:  median 3.97 ms (-200 ppm) ... 3.13-4.73  min_rtt 4.13 ms (-200 ppm)
-  60 s runs, 20 ms, 0 ppm: median 3.19 ms, min_rtt 5.22 ms
+Sync packets are not used as one-way samples: real senders stamp them some ms before sending
+(cliraop: about 4 ms in the captures), which would bias the backward envelope.
 
-Min-RTT needs one lucky exchange with small delays both ways; with 3 s between requests that
-is rare, and between lucky samples it rides on a single noisy value. The median averages the
-asymmetry away. On the recorded captures (loopback, RTT 30 us..3 ms, 14 exchanges each; error
-predicting each next sample from the earlier ones) the two are within 0.1 ms of each other:
-node-airtunes median |err| 0.23 ms (min_rtt 0.14; its clock has 1 ms steps), cliraop 0.005 ms
-(0.004), pyatv 0.026 ms (0.015), worst 1.6 ms for both (one 3.2 ms exchange); drift -8.5, -0.3,
--0.1 ppm. There the reference itself is one noisy sample, so the simulated scenarios decide.
+Schedule. The envelope needs many exchanges, and a drift that is only poorly known early on
+must be pinned by recent samples, so requests are sent 10 ms apart at first, until there are
+100 samples per ms of measured jitter (at least 300 = 3 s, at most 2000 = 20 s; measured jitter =
+median - minimum RTT of the last 100 exchanges), then every 0.5 ms / jitter seconds, between
+0.1 and 1 s. A request is 32 bytes: at worst (20 ms jitter) that is 10 requests a second, 0.6 kB/s
+each way, beside ~100 kB/s of audio; on a quiet LAN one a second after 3 s.
+
+Measured (idealised offset-only model, each direction 0.3 ms + uniform(0, 20 ms), drift
+-100..+100 ppm, worst |offset error| over 40 runs at t = 5/10/30/60/120 s):
+
+  10 ms burst of 300, then 1 s:         0.38 / 0.60 / 1.36 / 1.87 / 1.02 ms (drift unknown)
+  10 ms for 10 s (1000), then 1 s:      0.18 / 0.08 / 0.45 / 0.51 / 0.99 ms
+  10 ms for 20 s (2000), then 0.1 s:    0.18 / 0.15 / 0.05 / 0.11 / 0.04 ms   (chosen)
+
+and through the real Playout on virtual time (tests/core/fake_dac.py, each direction 0.2 ms +
+uniform(0, J), 60 s, sender +ppm/2 and DAC -ppm/2), clock offset error p99 after 5 s:
+
+  J = 20 ms: envelope 0.10 ms (-200 ppm) .. 0.15 ms (+-50 ppm); on the same schedule at
+             +200 ppm the median filter gives 1.68 ms and min_rtt 2.15 ms (sync error p99
+             1.51 / 1.53 ms); the previous 3 s schedule gave the median 3.1-4.7 ms
+  J = 5 ms:  0.02-0.04 ms;  J = 1 ms: 0.01-0.02 ms;  J = 0: exact
+
+The per-sample filters of the previous version are kept for comparison (`filter=`):
+`min_rtt` (the offset of the lowest-RTT exchange, shairport-sync's choice), `median` (of the
+window's offsets, snapcast's), `low_rtt_median`; each uses a weighted least-squares drift shrunk
+towards 0 by its standard error and a window of the newest samples chosen to balance noise
+against drift uncertainty. On the recorded loopback captures (RTT 30 us..3 ms, 14 exchanges)
+all of them predict each next exchange within 2 ms (median under 0.3 ms).
 """
 
 import math
+import statistics
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -61,6 +86,12 @@ FIXED_LATENCY_FRAMES = 11025
 
 DRIFT_PRIOR = 100e-6
 """Spread of real clock drift (crystals): the prior the drift fit is shrunk towards 0 with."""
+
+DRIFT_LIMIT = 500e-6
+"""The envelope drift is searched within +-500 ppm: crystals are specified to +-100 ppm."""
+
+_MAX_POINTS = 20_000
+"""Memory bound on kept exchanges per direction (the horizon at 10 per second is 6000)."""
 
 MAX_RTT = 0.200
 """Replies with a longer round trip say more about the network than about the clocks."""
@@ -123,12 +154,106 @@ class LowRttMedianFilter:
         return MedianFilter().offset_at(best, drift, at)
 
 
-FILTERS: dict[str, type[MinRttFilter] | type[MedianFilter] | type[LowRttMedianFilter]] = {
+SAMPLE_FILTERS: dict[str, type[MinRttFilter] | type[MedianFilter] | type[LowRttMedianFilter]] = {
     "min_rtt": MinRttFilter,
     "median": MedianFilter,
     "low_rtt_median": LowRttMedianFilter,
 }
-DEFAULT_FILTER = "median"
+ENVELOPE = "envelope"
+FILTERS = (ENVELOPE, *SAMPLE_FILTERS)
+"""Every offset estimator `ClockSync(filter=...)` accepts; the per-sample ones are kept for
+comparison (benchmarks/sync.py --filter)."""
+DEFAULT_FILTER = ENVELOPE
+
+
+def _lower_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Lower convex hull of points sorted by x (Andrew's monotone chain, lower half)."""
+    hull: list[tuple[float, float]] = []
+    for p in points:
+        if hull and hull[-1][0] == p[0]:
+            if hull[-1][1] <= p[1]:
+                continue  # same instant, higher delay: never on the envelope
+            hull.pop()
+        while len(hull) >= 2:
+            (ax, ay), (bx, by) = hull[-2], hull[-1]
+            # Drop b unless a -> b -> p turns left (strictly convex from below).
+            if (bx - ax) * (p[1] - ay) - (by - ay) * (p[0] - ax) > 0:
+                break
+            hull.pop()
+        hull.append(p)
+    return hull
+
+
+class _Envelope:
+    """Lower envelope of one direction's one-way delays (time, delay), over a time window.
+
+    Only lower-hull vertices can ever be the minimum of `delay - slope * time` for some slope,
+    so those are all that the estimate needs; every point is kept too (for when a vertex ages
+    out of the window and the hull must be rebuilt).
+    """
+
+    def __init__(self) -> None:
+        self.points: deque[tuple[float, float]] = deque()
+        self.hull: list[tuple[float, float]] = []
+        self.slopes: list[float] = []
+
+    def add(self, t: float, d: float) -> None:
+        self.points.append((t, d))
+        if self.hull and t < self.hull[-1][0]:
+            self.hull = _lower_hull(sorted([*self.hull, (t, d)]))
+        else:
+            self.hull = _lower_hull([*self.hull, (t, d)])
+        self._slopes()
+
+    def expire(self, before: float, max_points: int) -> None:
+        rebuild = False
+        while self.points and (self.points[0][0] < before or len(self.points) > max_points):
+            rebuild = rebuild or self.points[0] in self.hull
+            self.points.popleft()
+        if rebuild:
+            self.hull = _lower_hull(sorted(self.points))
+            self._slopes()
+
+    def _slopes(self) -> None:
+        h = self.hull
+        self.slopes = [(h[k + 1][1] - h[k][1]) / (h[k + 1][0] - h[k][0]) for k in range(len(h) - 1)]
+
+    def vertex(self, slope: float) -> tuple[float, float]:
+        """The point minimising delay - slope * time (the envelope's support point)."""
+        return self.hull[bisect_left(self.slopes, slope)]
+
+
+def solve_envelopes(
+    forward: _Envelope, backward: _Envelope, limit: float
+) -> tuple[float, float, float]:
+    """The drift that lifts both envelopes highest: (drift, forward line at t=0, backward line).
+
+    Forward delays sit on `base + offset(t)`, backward on `base - offset(t)`, offset(t) = a +
+    drift * t. For a trial drift, each envelope's height is min(d -+ drift * t); their sum is
+    concave in the drift, with derivative t_backward_vertex - t_forward_vertex (decreasing).
+    The maximum is where that derivative changes sign; if it is zero over an interval (the data
+    cannot tell those drifts apart), the drift closest to 0 is taken.
+    """
+
+    def derivative(drift: float) -> float:
+        return backward.vertex(-drift)[0] - forward.vertex(drift)[0]
+
+    def edge(positive: bool) -> float:
+        # positive: sup{drift: derivative > 0}; else inf{drift: derivative < 0}.
+        lo, hi = -limit, limit
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if (derivative(mid) > 0) if positive else (derivative(mid) >= 0):
+                lo = mid
+            else:
+                hi = mid
+        return lo if positive else hi
+
+    low, high = edge(True), edge(False)
+    drift = min(max(0.0, low), high) if low <= high else (low + high) / 2
+    tf, df = forward.vertex(drift)
+    tb, db = backward.vertex(-drift)
+    return drift, df - drift * tf, db + drift * tb
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,9 +357,11 @@ class _Pending:
 class ClockSync:
     """Sends timing requests on a schedule and turns replies + sync packets into estimates.
 
-    Schedule: `burst` requests `burst_interval` apart from the first `make_request`, then one
-    every `interval` seconds. `next_request_time()` is None until the session sends the first
-    request (it calls `make_request(now)` when the timing channel is up).
+    Schedule (adaptive, see the module docstring): requests `fast_interval` apart until the
+    estimator has `fast_samples_per_ms` samples per ms of measured jitter (at least
+    `fast_min_samples`, at most `fast_max_samples`), then one every `jitter_budget / jitter`
+    seconds, between `min_interval` and `interval`. `next_request_time()` is None until the
+    session sends the first request (it calls `make_request(now)` when the timing channel is up).
     """
 
     def __init__(
@@ -246,24 +373,45 @@ class ClockSync:
         latency_offset: float = 0.0,
         filter: str = DEFAULT_FILTER,
         window: int = 64,
-        burst: int = 8,
-        burst_interval: float = 0.25,
-        interval: float = 3.0,
+        horizon: float = 600.0,
+        fast_interval: float = 0.010,
+        fast_min_samples: int = 300,
+        fast_samples_per_ms: float = 100.0,
+        fast_max_samples: int = 2000,
+        jitter_budget: float = 0.0005,
+        min_interval: float = 0.1,
+        interval: float = 1.0,
     ) -> None:
-        """`latency_offset` is the user's offset in seconds (+ = later), added to L; `window`
-        samples are kept (64 at 3 s is about 3 minutes, enough for a drift fit to a few ppm)."""
+        """`latency_offset` is the user's offset in seconds (+ = later), added to L. The
+        envelope estimator keeps `horizon` seconds of exchanges; the per-sample filters keep
+        the newest `window` samples."""
+        if filter not in FILTERS:
+            raise ValueError(f"unknown clock filter {filter!r}")
         self.rate = rate
         self.min_latency_frames = min_latency_frames
         self.max_latency_frames = max_latency_frames
         self.latency_offset = latency_offset
-        self.burst = burst
-        self.burst_interval = burst_interval
+        self.horizon = horizon
+        self.fast_interval = fast_interval
+        self.fast_min_samples = fast_min_samples
+        self.fast_samples_per_ms = fast_samples_per_ms
+        self.fast_max_samples = fast_max_samples
+        self.jitter_budget = jitter_budget
+        self.min_interval = min_interval
         self.interval = interval
         self.stats = ClockStats()
-        self._filter: OffsetFilter = FILTERS[filter]()
+        self.filter_name = filter
+        self._filter: OffsetFilter | None = (
+            SAMPLE_FILTERS[filter]() if filter in SAMPLE_FILTERS else None
+        )
         self._samples: deque[TimingSample] = deque(maxlen=window)
-        # A few outstanding requests are enough: replies later than 200 ms are useless anyway.
-        self._pending: deque[_Pending] = deque(maxlen=16)
+        self._forward = _Envelope()
+        self._backward = _Envelope()
+        self._rtts: deque[float] = deque(maxlen=100)
+        self._accepted = 0
+        # Requests in flight: replies later than 200 ms are useless, so this covers 200 ms of
+        # the fast schedule.
+        self._pending: deque[_Pending] = deque(maxlen=32)
         self._base_ns: int | None = None
         self._drift = 0.0
         self._drift_stderr = DRIFT_PRIOR
@@ -272,8 +420,30 @@ class ClockSync:
         self._sent = 0
         self._sync: SyncPacket | None = None
         self._estimate: ClockEstimate | None = None
+        self._offset = 0.0  # seconds relative to _base_ns, at _reference
+        self._reference = 0.0
 
     # -- timing channel -------------------------------------------------------------------------
+
+    def jitter(self) -> float | None:
+        """Measured network jitter (s): median minus minimum RTT over the last 100 exchanges
+        (for independent uniform(0, J) delays each way, that is J)."""
+        if len(self._rtts) < 8:
+            return None
+        return statistics.median(self._rtts) - min(self._rtts)
+
+    def _step(self) -> float:
+        jitter = self.jitter()
+        # The fast phase ends by itself after 1.25 x its cap even if replies never come.
+        if self._sent < 1.25 * self.fast_max_samples:
+            if self._sent < self.fast_min_samples or jitter is None:
+                return self.fast_interval
+            wanted = min(self.fast_max_samples, self.fast_samples_per_ms * jitter * 1e3)
+            if self._accepted < wanted:
+                return self.fast_interval
+        if not jitter:
+            return self.interval
+        return min(self.interval, max(self.min_interval, self.jitter_budget / jitter))
 
     def make_request(self, now: float) -> bytes:
         """A 0xD2 request carrying `now` as its transmit time; schedules the next one."""
@@ -281,8 +451,7 @@ class ClockSync:
         self._pending.append(_Pending(now, origin))
         self._sent += 1
         self.stats.requests += 1
-        step = self.burst_interval if self._sent < self.burst else self.interval
-        self._next_request = now + step
+        self._next_request = now + self._step()
         return bytes(TimingPacket(False, 0, 0, origin))
 
     def next_request_time(self) -> float | None:
@@ -306,16 +475,31 @@ class ClockSync:
         if not 0 <= rtt_ns <= MAX_RTT * _NS:
             self.stats.discarded_rtt += 1
             return
+        self._accepted += 1
+        self._rtts.append(rtt_ns / _NS)
         offset_ns = ((t2 - t1) + (t3 - t4)) // 2
         if self._base_ns is None:
             self._base_ns = offset_ns
-        self.add_sample(
-            TimingSample((pending.sent + now) / 2, (offset_ns - self._base_ns) / _NS, rtt_ns / _NS)
-        )
+        base = self._base_ns
+        # Both one-way delays at the exchange's midpoint, the offset base taken out so floats
+        # keep ns resolution: forward = delay + offset, backward = delay - offset.
+        middle = (pending.sent + now) / 2
+        self._forward.add(middle, (t2 - t1 - base) / _NS)
+        self._backward.add(middle, (t4 - t3 + base) / _NS)
+        self._forward.expire(middle - self.horizon, _MAX_POINTS)
+        self._backward.expire(middle - self.horizon, _MAX_POINTS)
+        self.add_sample(TimingSample(middle, (offset_ns - base) / _NS, rtt_ns / _NS))
 
     def add_sample(self, sample: TimingSample) -> None:
         """Keep one sample (offset relative to the first) and refresh the estimate."""
         self._samples.append(sample)
+        if self._filter is None:
+            drift, forward, backward = solve_envelopes(self._forward, self._backward, DRIFT_LIMIT)
+            self._drift = drift
+            self._reference = sample.local
+            self._offset = (forward - backward) / 2 + drift * sample.local
+            self._update()
+            return
         fit = fit_drift(list(self._samples))
         if fit is not None and math.isfinite(fit.stderr):
             # Shrink the fitted slope towards 0 by its uncertainty against the crystal prior
@@ -326,6 +510,8 @@ class ClockSync:
             self._drift = max(-1e-3, min(1e-3, fit.drift * prior / (prior + variance)))
             self._drift_stderr = math.sqrt(prior * variance / (prior + variance))
             self._noise = fit.noise
+        self._reference = sample.local
+        self._offset = self._filter.offset_at(self._window(), self._drift, sample.local)
         self._update()
 
     def _window(self) -> list[TimingSample]:
@@ -374,9 +560,8 @@ class ClockSync:
         sync = self._sync
         if sync is None or not self._samples or self._base_ns is None:
             return
-        reference = self._samples[-1].local
-        offset = self._filter.offset_at(self._window(), self._drift, reference)
-        offset_ns = self._base_ns + round(offset * _NS)
+        reference = self._reference
+        offset_ns = self._base_ns + round(self._offset * _NS)
         latency = self.latency_frames(sync)
         sender_ns = ntp_to_ns(sync.ntp)
         self._estimate = ClockEstimate(
@@ -388,5 +573,5 @@ class ClockSync:
             latency_frames=latency,
             offset_ns=offset_ns,
             samples=len(self._samples),
-            filter=self._filter.name,
+            filter=self.filter_name,
         )

@@ -30,19 +30,47 @@ def test_request_bytes():
     assert request[24:32] != bytes(8)  # our time, never zero even at now = 0
 
 
-def test_schedule_burst_then_interval():
-    clock = ClockSync()
-    assert clock.next_request_time() is None
+def request_times(clock: ClockSync, count: int, answer: bool, rtt: float = 0.0004) -> list[float]:
+    """Send `count` requests on the clock's schedule; answer each at once if `answer`."""
     times = []
     now = 0.0
-    for _ in range(11):
-        clock.make_request(now)
+    for _ in range(count):
+        request = clock.make_request(now)
         times.append(now)
+        if answer:
+            clock.reply_received(
+                reply_to(request, SENDER_EPOCH + round((now + rtt / 2) * 1e9), 0), now + rtt
+            )
         due = clock.next_request_time()
         assert due is not None
         now = due
-    gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
-    assert gaps == [0.25] * 7 + [3.0] * 3
+    return times
+
+
+def test_schedule_fast_start_then_one_per_second_on_a_quiet_network():
+    clock = ClockSync()
+    assert clock.next_request_time() is None
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(request_times(clock, 305, True))]
+    # 300 requests 10 ms apart (3 s), then, with no jitter measured, one per second.
+    assert gaps == [0.01] * 299 + [1.0] * 5
+    assert clock.jitter() == 0.0
+
+
+def test_schedule_fast_phase_ends_even_without_replies():
+    clock = ClockSync()
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(request_times(clock, 2503, False))]
+    assert gaps == [0.01] * 2499 + [1.0] * 3
+
+
+def test_schedule_follows_measured_jitter():
+    """20 ms of jitter: fast until ~100 samples per ms of jitter, then every 0.1 s."""
+    result = simulate(Scenario(jitter=0.02, seconds=40))
+    clock = result.clock
+    jitter = clock.jitter()
+    assert jitter is not None and 0.012 < jitter < 0.025
+    assert 1000 < clock.stats.replies < 2500
+    clock.make_request(40.0)
+    assert clock.next_request_time() == pytest.approx(40.1)
 
 
 def test_estimate_needs_sync_and_reply():
@@ -92,7 +120,7 @@ def test_local_time_across_rtp_wrap_and_drift():
     clock = ClockSync()
     t = 0.0
     ppm = 100e-6
-    for _ in range(12):  # zero jitter: the fit is exact, stderr 0
+    for _ in range(12):  # zero jitter: the envelopes are exact lines
         request = clock.make_request(t)
         sender = SENDER_EPOCH + round(t * 1e9 * (1 + ppm))
         clock.reply_received(reply_to(request, sender, hold_ns=0), t)
@@ -173,10 +201,24 @@ def test_real_captures(name, filter_name):
 
 
 def test_default_filter_is_the_better_one_under_jitter():
-    """Why the default: at 20 ms asymmetric jitter with drift, median beats min-RTT."""
+    """Why the default: at 20 ms asymmetric jitter with drift, the envelope beats the median."""
     results = {}
-    for name in ("median", "min_rtt"):
-        r = simulate(Scenario(sender_ppm=100, dac_ppm=-100, jitter=0.02, seconds=90, filter=name))
+    for name in ("envelope", "median"):
+        r = simulate(Scenario(sender_ppm=100, dac_ppm=-100, jitter=0.02, seconds=60, filter=name))
         results[name] = r.summary()["clock_p99_ms"]
-    assert results["median"] < results["min_rtt"]
-    assert ClockSync()._filter.name == "median"
+    assert results["envelope"] < 0.2
+    assert results["envelope"] < results["median"] / 5
+    assert ClockSync().filter_name == "envelope"
+
+
+def test_unknown_filter_is_refused():
+    with pytest.raises(ValueError, match="unknown clock filter"):
+        ClockSync(filter="mean")
+
+
+def test_envelope_ignores_drift_it_cannot_see():
+    """One exchange says nothing about drift: the estimate assumes none."""
+    clock = ClockSync()
+    request = clock.make_request(1.0)
+    clock.reply_received(reply_to(request, SENDER_EPOCH + 1_000_150_000), 1.0003)
+    assert clock.drift_ppm == 0.0

@@ -9,17 +9,17 @@ from tests.core.fake_dac import RATE, Scenario, decode, encode, simulate
 
 
 @pytest.mark.parametrize("ppm", [-200, -50, 0, 50, 200])
-@pytest.mark.parametrize("jitter", [0.0, 0.0003])
+@pytest.mark.parametrize("jitter", [0.0, 0.001, 0.005, 0.020])
 def test_sync_error_after_lock_in(ppm, jitter):
+    """The acceptance targets: after 5 s, |sync error| < 0.25 ms at p99 and < 1 ms at worst,
+    with each direction of every timing exchange delayed by 0.2 ms + uniform(0, jitter)."""
     # Split the difference between both ends: the sender runs at +ppm/2, the DAC at -ppm/2.
     result = simulate(
         Scenario(sender_ppm=ppm / 2, dac_ppm=-ppm / 2, jitter=jitter, seconds=60, seed=abs(ppm) + 7)
     )
     errors = np.abs(result.errors)
     assert len(errors) > 2000
-    # With jitter the clock estimate itself is off by ~0.1-0.2 ms in the first seconds (see
-    # benchmarks/sync.py): the brief's 0.25 ms p99 holds exactly without jitter.
-    assert np.percentile(errors, 99) < (0.25e-3 if jitter == 0.0 else 0.3e-3)
+    assert np.percentile(errors, 99) < 0.25e-3
     assert result.max_abs < 1e-3
     assert result.playout.stats.resyncs == 0
     assert result.playout.stats.underflows == 0
@@ -27,24 +27,12 @@ def test_sync_error_after_lock_in(ppm, jitter):
     # Corrections never exceed the cap, and on average match the clock difference.
     stats = result.playout.stats
     assert abs(stats.all_sync_ppm) <= PlayoutSettings().max_correction_ppm
-    if jitter == 0.0:
-        assert stats.all_sync_ppm == pytest.approx(ppm, abs=15)
+    assert stats.all_sync_ppm == pytest.approx(ppm, abs=15)
 
 
-def test_high_jitter_stays_within_a_few_ms():
-    """20 ms of asymmetric jitter: the clock estimate, not playout, limits accuracy (see report)."""
-    result = simulate(Scenario(sender_ppm=100, dac_ppm=-100, jitter=0.02, seconds=60))
-    assert result.max_abs < 10e-3
-    # Playout itself follows the estimate: the true error is the clock error, give or take.
-    tracking = np.percentile(np.abs(result.errors), 99) - np.percentile(
-        np.abs(result.clock_errors), 99
-    )
-    assert abs(tracking) < 0.5e-3
-    assert result.playout.stats.resyncs == 0
-
-
-def test_step_in_dac_position_resyncs_exactly_once():
-    result = simulate(Scenario(sender_ppm=50, jitter=0.0, seconds=40, step_at=20.0))
+@pytest.mark.parametrize("jitter", [0.0, 0.020])
+def test_step_in_dac_position_resyncs_exactly_once(jitter):
+    result = simulate(Scenario(sender_ppm=50, jitter=jitter, seconds=40, step_at=20.0))
     assert result.playout.stats.resyncs == 1
     assert result.playout.stats.skipped_frames == pytest.approx(0.060 * RATE, abs=2)
     late = np.abs(result.errors[-500:])
@@ -63,8 +51,9 @@ def test_first_frame_leaves_on_time():
         result = simulate(Scenario(sender_ppm=ppm, jitter=0.0, seconds=4, lock_in=0.0))
         # ALSA-style integer delay hides up to one frame, rounding the gap half of one more.
         assert abs(result.first_frame_error) < 1.5 / RATE
-    with_jitter = simulate(Scenario(sender_ppm=50, jitter=0.001, seconds=4, lock_in=0.0))
-    assert abs(with_jitter.first_frame_error) < 1e-3
+    for jitter in (0.001, 0.020):
+        with_jitter = simulate(Scenario(sender_ppm=50, jitter=jitter, seconds=4, lock_in=0.0))
+        assert abs(with_jitter.first_frame_error) < 1e-3
 
 
 def test_flush_in_timed_stream_drops_exactly_the_range():
@@ -146,7 +135,7 @@ def test_timed_silence_until_due_and_underflow_counted():
         latency_frames=88200,
         offset_ns=0,
         samples=1,
-        filter="median",
+        filter="envelope",
     )
     playout = Playout()
     playout.use_clock(estimate)
