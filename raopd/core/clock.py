@@ -354,6 +354,10 @@ class _Pending:
     origin: int
 
 
+# Requests sent without a single usable reply after which the fast phase pauses.
+NO_REPLY_LIMIT = 50
+
+
 class ClockSync:
     """Sends timing requests on a schedule and turns replies + sync packets into estimates.
 
@@ -434,6 +438,10 @@ class ClockSync:
 
     def _step(self) -> float:
         jitter = self.jitter()
+        if self._accepted == 0 and self._sent >= NO_REPLY_LIMIT:
+            # The sender is not answering (or not yet): asking 100 times a second will not
+            # change that. Ask at the slow pace until a reply comes, then speed up again.
+            return self.interval
         # The fast phase ends by itself after 1.25 x its cap even if replies never come.
         if self._sent < 1.25 * self.fast_max_samples:
             if self._sent < self.fast_min_samples or jitter is None:
