@@ -75,9 +75,12 @@ def open_sink(config: Config) -> AudioSink:
     alsa = AlsaSink(config.device, config.period_frames, config.buffer_frames)
     try:
         alsa.open()
-    except OutputError:
+    except OutputError as exc:
         if config.device != "default":
-            raise
+            # A USB DAC that is unplugged, or not enumerated yet at boot: keep running, report
+            # not ready on /readyz, and let the output thread retry it every second.
+            logger.error("%s; retrying every %.0f s", exc, alsa.retry_interval)
+            return alsa
         logger.warning(
             "no sound card found: playing to ALSA's null device (audio is discarded); "
             "use --device to choose a card, or --output to write to a file"
