@@ -18,6 +18,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from raopd.core.arbiter import PlayArbiter
 from raopd.core.events import Event
@@ -54,8 +55,9 @@ class UdpChannel(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # Not an isinstance check: CPython's selector transport for UDP does not derive from
+        # asyncio.DatagramTransport (3.11), although it implements it.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         self.connection.datagram_received(self.channel, data, addr)
