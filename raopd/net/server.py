@@ -35,9 +35,9 @@ logger = logging.getLogger(__name__)
 MAX_CONNECTIONS = 32  # each holds three UDP ports; senders open one or two at a time
 # Audio datagrams are read in batches, this long after the first one of a batch arrives.
 # Waking up for each of the ~125 packets a second cost far more than the packets' own
-# work (a wake-up with cold caches measured 5x the warm per-packet cost here); a 50 ms
-# batch is nothing next to the ~2 s of latency and the jitter buffer's 100 ms resend delay.
-AUDIO_BATCH_DELAY = 0.05
+# work (a wake-up with cold caches measured 5x the warm per-packet cost here); a 100 ms
+# batch is small next to the ~2 s of latency and the 1-1.5 s repair window.
+AUDIO_BATCH_DELAY = 0.1
 MAX_DATAGRAM = 65536
 EventSink = Callable[[RaopSession, Event], None]
 
