@@ -138,7 +138,134 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="where to write the audio: WAV if it ends in .wav, else raw S16_LE 44.1 kHz stereo",
     )
+    _add_send_command(commands)
     return parser
+
+
+def _add_send_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`raopd send FILE.wav --host H --port P ...`: raopd's own sender (raopd.tools.sender)."""
+    send = commands.add_parser(
+        "send",
+        help="stream a WAV file to an AirPlay 1 receiver (raopd's own sender)",
+        description="Stream a 16-bit 44.1 kHz stereo WAV file to an AirPlay 1 (RAOP) receiver "
+        "in real time, as an Apple sender would, and print a JSON report of what happened on "
+        "the wire. The fault options are for testing receivers.",
+    )
+    send.add_argument("send_file", metavar="FILE", type=Path, help="the WAV file to play")
+    send.add_argument(
+        "--host", dest="send_host", metavar="HOST", required=True, help="the receiver's address"
+    )
+    send.add_argument(
+        "--port",
+        dest="send_port",
+        metavar="PORT",
+        type=int,
+        default=5000,
+        help="RTSP port (default: 5000)",
+    )
+    send.add_argument(
+        "--codec",
+        dest="send_codec",
+        choices=["alac", "alac-verbatim", "l16"],
+        default="alac",
+        help="compressed ALAC (default), uncompressed ALAC frames, or L16 PCM",
+    )
+    send.add_argument(
+        "--no-encrypt", dest="send_encrypt", action="store_false", help="send audio in clear"
+    )
+    send.add_argument(
+        "--password", dest="send_password", metavar="SECRET", help="the receiver's password"
+    )
+    send.add_argument(
+        "--volume",
+        dest="send_volume",
+        metavar="DB",
+        type=float,
+        default=-15.0,
+        help="AirPlay volume in dB, -30..0, -144 mutes (default: -15)",
+    )
+    send.add_argument(
+        "--device-id",
+        dest="send_device_id",
+        metavar="HEX12",
+        help="the receiver's device id (the hex before '@' in its name), to check its "
+        "Apple-Response against",
+    )
+    send.add_argument(
+        "--no-verify",
+        dest="send_verify",
+        action="store_false",
+        help="go on even if the receiver's Apple-Response is missing or wrong",
+    )
+    send.add_argument(
+        "--speed",
+        dest="send_speed",
+        metavar="FACTOR",
+        type=float,
+        default=1.0,
+        help="send this many times faster than real time (for receivers writing files)",
+    )
+    send.add_argument(
+        "--linger",
+        dest="send_linger",
+        type=float,
+        metavar="SECONDS",
+        help="wait this long after the last packet before TEARDOWN (default: the latency, "
+        "1.75 s); 0 tears down at once",
+    )
+    for flag, dest, what in (
+        ("--drop", "send_drop", "fraction of packets lost on their first send"),
+        ("--reorder", "send_reorder", "probability of swapping a packet with the next"),
+        ("--duplicate", "send_duplicate", "probability of sending a packet twice"),
+    ):
+        send.add_argument(
+            flag, dest=dest, metavar="P", type=float, default=0.0, help=f"{what} (default: 0)"
+        )
+    send.add_argument(
+        "--seed",
+        dest="send_seed",
+        metavar="N",
+        type=int,
+        default=0,
+        help="seed for the fault choices",
+    )
+
+
+def _send(args: argparse.Namespace) -> int:
+    """Run `raopd send`; prints the report as JSON."""
+    import json
+
+    from raopd.tools.sender import SenderOptions, send_file
+
+    try:
+        hw_addr = bytes.fromhex(args.send_device_id) if args.send_device_id else None
+        options = SenderOptions(
+            codec=args.send_codec,
+            encrypt=args.send_encrypt,
+            password=args.send_password,
+            volume=args.send_volume,
+            speed=args.send_speed,
+            linger=args.send_linger,
+            hw_addr=hw_addr,
+            verify=args.send_verify,
+            drop=args.send_drop,
+            reorder=args.send_reorder,
+            duplicate=args.send_duplicate,
+            seed=args.send_seed,
+        )
+    except ValueError as exc:
+        print(f"raopd send: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging("info")
+    try:
+        report = asyncio.run(send_file(args.send_file, args.send_host, args.send_port, options))
+    except (OSError, RaopError) as exc:
+        print(f"raopd send: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(report.as_dict()))
+    return 0
 
 
 def flags_from_args(args: argparse.Namespace) -> dict[str, object]:
@@ -195,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(summary.render())
         return 0
+
+    if args.command == "send":
+        return _send(args)
 
     # Logging first, so warnings about the config file come out in the final format.
     configure_logging("info")

@@ -1,0 +1,1 @@
+"""Tools built on raopd's protocol code: an AirPlay 1 sender for tests, benchmarks and users."""
