@@ -18,6 +18,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from raopd.core.arbiter import PlayArbiter
 from raopd.core.events import Event
@@ -54,8 +55,9 @@ class UdpChannel(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # No isinstance check: the selector loop's datagram transport does not derive from
+        # asyncio.DatagramTransport, and an assert here left every session unable to send.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         self.connection.datagram_received(self.channel, data, addr)
