@@ -18,6 +18,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -205,35 +206,51 @@ class Daemon:
             self.process.wait(timeout=DEADLINE)
 
 
-@pytest.fixture
-def raopd(lan: Lan, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Start raopd in namespace A: `raopd(*extra_args, env=..., ns=..., network=...)`.
+class Launcher:
+    """Starts raopd in namespace A: `launcher(*extra_args, env=..., ns=..., network=..., bare=...)`.
 
     By default it listens on A's veth address and advertises on that interface only, with a
-    fixed device id, a temporary state dir and no HTTP port; `network=False` leaves the
-    address and interface options to the caller.
+    fixed name and device id, a temporary state dir and no HTTP port; `network=False` leaves
+    the address and interface options to the caller, `bare=True` every option. `kill_all()`
+    ends whatever is still running.
     """
-    started: list[Daemon] = []
 
-    def start(
-        *extra: str, env: dict[str, str] | None = None, ns: str | None = None, network: bool = True
+    def __init__(self, lan: Lan, directory: Path) -> None:
+        self.lan = lan
+        self.directory = directory
+        self.started: list[Daemon] = []
+
+    def __call__(
+        self,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        ns: str | None = None,
+        network: bool = True,
+        bare: bool = False,
     ) -> Daemon:
-        args = ["--name", "E2E", "--device-id", DEVICE_ID, "--state-dir", str(tmp_path / "state")]
-        args += ["--http-port", "0"]
-        if network:
-            args += ["--address", lan.a_ip, "--interface", lan.a_if]
-        daemon = Daemon(
-            ns or lan.a,
-            [*args, *extra],
-            tmp_path / f"raopd-{len(started)}.log",
-            env=env or {},
-        )
-        started.append(daemon)
+        lan = self.lan
+        args: list[str] = []
+        if not bare:
+            args += ["--name", "E2E", "--device-id", DEVICE_ID, "--http-port", "0"]
+            args += ["--state-dir", str(self.directory / "state")]
+            if network:
+                args += ["--address", lan.a_ip, "--interface", lan.a_if]
+        log_path = self.directory / f"raopd-{len(self.started)}.log"
+        daemon = Daemon(ns or lan.a, [*args, *extra], log_path, env=env or {})
+        self.started.append(daemon)
         return daemon.start()
 
-    yield start
-    for daemon in started:
-        daemon.kill()
+    def kill_all(self) -> None:
+        for daemon in self.started:
+            daemon.kill()
+
+
+@pytest.fixture
+def raopd(lan: Lan, tmp_path: Path) -> Iterator[Launcher]:
+    """raopd subprocesses for one test (see Launcher)."""
+    launcher = Launcher(lan, tmp_path)
+    yield launcher
+    launcher.kill_all()
 
 
 # --------------------------------------------------------------------------------- senders
@@ -262,13 +279,18 @@ class Sender:
 
 @pytest.fixture
 def pyatv_sender(lan: Lan, tmp_path: Path) -> Iterator[Callable[..., Sender]]:
-    """Start a stock pyatv sender in namespace B streaming a file to DEVICE_ID."""
+    """Start a stock pyatv sender in namespace B streaming a file to `identifier`."""
     started: list[Sender] = []
 
     def start(
-        path: Path, *, password: str | None = None, unicast: bool = False, ns: str | None = None
+        path: Path,
+        *,
+        password: str | None = None,
+        unicast: bool = False,
+        identifier: str = DEVICE_ID,
+        ns: str | None = None,
     ) -> Sender:
-        args = [sys.executable, str(SENDER), str(path), "--identifier", DEVICE_ID]
+        args = [sys.executable, str(SENDER), str(path), "--identifier", identifier]
         if unicast:
             args += ["--host", lan.a_ip]
         if password is not None:
@@ -290,3 +312,82 @@ def pyatv_sender(lan: Lan, tmp_path: Path) -> Iterator[Callable[..., Sender]]:
     yield start
     for sender in started:
         sender.kill()
+
+
+# ------------------------------------------------------------------------ raw RTSP client
+
+L16_SDP = (
+    "v=0\r\no=iTunes 1 0 IN IP4 {local}\r\ns=iTunes\r\nc=IN IP4 {remote}\r\nt=0 0\r\n"
+    "m=audio 0 RTP/AVP 96\r\na=rtpmap:96 L16/44100/2\r\n"
+)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+
+class RtspClient:
+    """A minimal blocking RTSP client for poking raopd over a real socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sock.settimeout(DEADLINE)
+        self.cseq = 0
+        self._buffer = b""
+
+    @classmethod
+    def connect(cls, lan: Lan, ns: str, host: str, port: int = 5000) -> RtspClient:
+        """Connect from inside namespace `ns` (the socket stays there)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = lan.call_in(ns, lambda: socket.socket(family, socket.SOCK_STREAM))
+        sock.settimeout(DEADLINE)
+        sock.connect((host, port))
+        return cls(sock)
+
+    def request(
+        self, method: str, uri: str = "*", headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> Reply:
+        self.cseq += 1
+        lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {self.cseq}", "User-Agent: e2e-raw/1.0"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        reply = self.read_reply()
+        assert reply.headers.get("cseq") == str(self.cseq), reply
+        return reply
+
+    def read_reply(self) -> Reply:
+        while b"\r\n\r\n" not in self._buffer:
+            self._fill()
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        version, status, *_ = status_line.split(" ")
+        assert version == "RTSP/1.0", status_line
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(self._buffer) < length:
+            self._fill()
+        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        return Reply(int(status), headers, body)
+
+    def at_eof(self) -> bool:
+        """True when the server closed the connection (after what was already buffered)."""
+        data = self.sock.recv(4096)
+        self._buffer += data
+        return data == b""
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"connection closed; unparsed: {self._buffer!r}")
+        self._buffer += data
+
+    def close(self) -> None:
+        self.sock.close()
