@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,31 @@ def test_ipv6_loopback_session_end_to_end(lan, shared_daemon, tmp_path):
     daemon.wait_log(r"ended: teardown")
     received = np.frombuffer(out.read_bytes(), dtype="<i2").reshape(-1, 2)
     assert np.array_equal(received, frames)
+
+
+def udp_ports_bound(lan) -> list[int]:
+    """raopd's session ports (the default 6001-6010) bound in namespace A now."""
+    listing = subprocess.run(
+        ["ip", "netns", "exec", lan.a, "ss", "-Huan"], check=True, capture_output=True, text=True
+    ).stdout
+    ports = [int(line.split()[3].rsplit(":", 1)[1]) for line in listing.splitlines()]
+    return [port for port in ports if 6001 <= port <= 6010]
+
+
+def test_tcp_probes_leave_no_udp_ports_behind(lan, shared_daemon):
+    """Health checks connect and hang up at once; that must not use up the port range."""
+    for _ in range(8):  # 24 ports' worth, against a range of 10
+        probe = lan.call_in(lan.b, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        probe.settimeout(DEADLINE)
+        probe.connect((lan.a_ip, 5000))
+        probe.close()
+        wait_for(lambda: not udp_ports_bound(lan), "the probe's UDP ports to be released")
+    client = RtspClient.connect(lan, lan.b, lan.a_ip)
+    sdp = L16_SDP.format(local=lan.b_ip, remote=lan.a_ip).encode()
+    uri = "rtsp://10.78.0.2/7"
+    assert client.request("ANNOUNCE", uri, {"Content-Type": "application/sdp"}, sdp).status == 200
+    transport = "RTP/AVP/UDP;unicast;interleaved=0-1;mode=record;control_port=1;timing_port=2"
+    assert client.request("SETUP", uri, {"Transport": transport}).status == 200
+    assert len(udp_ports_bound(lan)) == 3
+    assert client.request("TEARDOWN", uri).status == 200
+    client.close()
