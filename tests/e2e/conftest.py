@@ -68,9 +68,9 @@ def private_lan() -> Iterator[Lan]:
         _ip("link", "add", lan.a_if, "netns", lan.a, "type", "veth", "peer", "name", lan.b_if,
             "netns", lan.b)  # fmt: skip
         for ns, ifname, ip in ((lan.a, lan.a_if, lan.a_ip), (lan.b, lan.b_if, lan.b_ip)):
-            subprocess.run(
-                ["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-                 f"net.ipv6.conf.{ifname}.disable_ipv6=1"],
+            subprocess.run(  # no sysctl binary needed: slim images lack procps
+                ["ip", "netns", "exec", ns, "sh", "-c",
+                 f"echo 1 > /proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"],
                 check=True,
             )  # fmt: skip
             _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", ifname)
