@@ -262,6 +262,9 @@ class RaopSession:
             return
         if now - self._last_activity >= self.settings.session_timeout:
             self._end("timed out", now)
+            # Close the connection as well: left open, the ended session went on answering
+            # (and could ANNOUNCE its way back to playing) with no timer running.
+            self.should_close = True
             return
         if self.state in (State.READY, State.PLAYING):
             self._release(now)

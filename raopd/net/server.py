@@ -234,6 +234,12 @@ class RtspConnection(asyncio.Protocol):
             self.transport.abort()
             self._close()
             return
+        if self._closed:
+            # The peer hung up while the ports were being bound (a TCP health probe does
+            # just that): its ports and a never-ending session used to stay behind, and three
+            # probes used up the default port range for good.
+            self._close_udp()
+            return
         self.session = RaopSession(
             receiver=self.server.receiver,
             ports=ports,
@@ -255,20 +261,34 @@ class RtspConnection(asyncio.Protocol):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         if family == socket.AF_INET6 and len(sockname) >= 4:
             self._scope_id = int(str(sockname[3]))
-        bound: dict[Channel, int] = {}
         candidates = self.server.udp_ports()
+        # All three are bound before the first await: connections accepted together must not
+        # each take a port or two and then all fail for want of the last one.
+        socks: list[socket.socket] = []
         try:
-            for channel in (Channel.CONTROL, Channel.TIMING, Channel.AUDIO):
-                sock = _bind_first_free(family, host, self._scope_id, candidates)
-                bound[channel] = sock.getsockname()[1]
+            for _ in range(3):
+                socks.append(_bind_first_free(family, host, self._scope_id, candidates))
+        except OSError:
+            for sock in socks:
+                sock.close()
+            raise
+        bound: dict[Channel, int] = {}
+        try:
+            for channel, sock in zip(
+                (Channel.CONTROL, Channel.TIMING, Channel.AUDIO), socks, strict=True
+            ):
                 if channel is Channel.AUDIO:
                     self.channels[channel] = BatchedUdpChannel(self, channel, sock)
+                    bound[channel] = sock.getsockname()[1]
                     continue
                 protocol = UdpChannel(self, channel)
-                self.channels[channel] = protocol
                 await self.loop.create_datagram_endpoint(lambda p=protocol: p, sock=sock)  # type: ignore[misc]
-        except OSError:
+                self.channels[channel] = protocol
+                bound[channel] = sock.getsockname()[1]
+        except BaseException:
             self._close_udp()
+            for sock in socks[len(bound) :]:
+                sock.close()
             raise
         return SessionPorts(
             audio=bound[Channel.AUDIO], control=bound[Channel.CONTROL], timing=bound[Channel.TIMING]

@@ -1,0 +1,70 @@
+"""A stock pyatv sender, run as its own process (inside the sender's network namespace).
+
+Finds the receiver over mDNS with pyatv's public `scan` (multicast, or unicast mDNS to
+`--host`), connects with `pyatv.connect`, sets the RAOP service's password when given, and
+streams a file with `atv.stream.stream_file`. The last line on stdout is one JSON object:
+{"result": "ok"} or {"result": "error", "type": <exception class>, "message": ...}, and
+"scanned" is printed (flushed) before streaming starts so a test can tell the phases apart.
+pyatv's own log goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+import pyatv
+from pyatv.const import Protocol
+
+
+async def stream(args: argparse.Namespace) -> dict[str, str]:
+    loop = asyncio.get_running_loop()
+    hosts = [args.host] if args.host else None
+    found = await pyatv.scan(
+        loop, identifier=args.identifier, protocol=Protocol.RAOP, hosts=hosts, timeout=args.timeout
+    )
+    if not found:
+        return {"result": "not found"}
+    config = found[0]
+    service = config.get_service(Protocol.RAOP)
+    assert service is not None
+    if args.password is not None:
+        service.password = args.password
+    print(
+        json.dumps({"scanned": config.name, "address": str(config.address), "port": service.port}),
+        flush=True,
+    )
+    atv = await pyatv.connect(config, loop)
+    try:
+        await atv.stream.stream_file(args.file)
+    finally:
+        atv.close()
+    return {"result": "ok"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("file")
+    parser.add_argument("--identifier", required=True)
+    parser.add_argument("--host")
+    parser.add_argument("--password")
+    parser.add_argument("--timeout", type=int, default=20)
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.DEBUG,
+        stream=sys.stderr,
+        format="%(relativeCreated)6.0f %(name)s: %(message)s",
+    )
+    try:
+        outcome = asyncio.run(stream(args))
+    except Exception as exc:
+        outcome = {"result": "error", "type": type(exc).__name__, "message": str(exc)}
+    print(json.dumps(outcome), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
