@@ -419,6 +419,7 @@ class RaopSession:
             cipher = PacketCipher(unwrap_session_key(params.rsaaeskey), params.aesiv)
         decoder = make_decoder(params)
         if not self.arbiter.claim(self):
+            logger.info("[session %d] refused (453): another sender is playing", self.session_id)
             return RtspResponse(453, headers)
         self.params, self._cipher, self._decoder = params, cipher, decoder
         self._jitter.reset()

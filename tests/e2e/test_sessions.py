@@ -36,6 +36,7 @@ def test_busy_then_dropped_sender_frees_the_receiver(lan, raopd, pyatv_sender, t
     announce = {"Content-Type": "application/sdp"}
     busy = second.request("ANNOUNCE", "rtsp://10.78.0.2/1", announce, sdp)
     assert busy.status == 453
+    daemon.wait_log(r"\[session 2\] refused \(453\): another sender is playing")
     assert second.request("OPTIONS").status == 200  # refused, not disconnected
     second.close()
 
