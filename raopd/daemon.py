@@ -17,9 +17,13 @@ import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from raopd import metrics
 from raopd.config import Config
 from raopd.core.arbiter import PlayArbiter
+from raopd.core.clock import ClockEstimate
 from raopd.core.events import (
     AudioReady,
     ClockUpdated,
@@ -32,6 +36,7 @@ from raopd.core.events import (
 )
 from raopd.core.jitter import JitterSettings
 from raopd.core.playout import PlayoutSettings
+from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
 from raopd.core.volume import volume_to_gain
 from raopd.errors import OutputError
@@ -109,14 +114,32 @@ class EventRouter:
         self.output = output
         self.apply_volume = output.sink.clocked  # a file gets the stream exactly as sent
         self.mixer: HardwareMixer | None = None  # set: volume in hardware, samples bit-exact
+        # Audio blocks (one per packet) and clock estimates are held until the event loop
+        # finishes the current callback, then handed over as one Push and one UseClock: a batch
+        # of packets costs the output thread one wake-up, not one per packet.
+        self._audio: list[npt.NDArray[np.int16]] = []
+        self._audio_rtptime = 0
+        self._audio_end = 0
+        self._estimate: ClockEstimate | None = None
+        self._flush_scheduled = False
 
     def __call__(self, session: RaopSession, event: Event) -> None:
         output = self.output
         if isinstance(event, AudioReady):
-            output.submit(Push(event.rtptime, event.pcm))
-        elif isinstance(event, ClockUpdated):
-            output.submit(UseClock(event.estimate))
-        elif isinstance(event, Flushed):
+            if self._audio and event.rtptime != self._audio_end:
+                self._submit_pending()  # not contiguous: keep the blocks apart
+            if not self._audio:
+                self._audio_rtptime = event.rtptime
+            self._audio.append(event.pcm)
+            self._audio_end = rtp_add(event.rtptime, len(event.pcm))
+            self._schedule_submit()
+            return
+        if isinstance(event, ClockUpdated):
+            self._estimate = event.estimate
+            self._schedule_submit()
+            return
+        self._submit_pending()  # everything else keeps its order relative to the audio
+        if isinstance(event, Flushed):
             output.submit(Flush(event.until_rtptime))
         elif isinstance(event, VolumeChanged):
             self.set_volume(event.volume)
@@ -139,6 +162,22 @@ class EventRouter:
         elif isinstance(event, SessionEnded) and self.state.playing is session:
             self.state.playing = None
             output.submit(EndStream())
+
+    def _schedule_submit(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._submit_pending)
+
+    def _submit_pending(self) -> None:
+        """Hand the held audio and the latest clock estimate to the output thread."""
+        self._flush_scheduled = False
+        if self._estimate is not None:
+            self.output.submit(UseClock(self._estimate))
+            self._estimate = None
+        if self._audio:
+            blocks, self._audio = self._audio, []
+            pcm = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+            self.output.submit(Push(self._audio_rtptime, pcm))
 
     def set_volume(self, volume: float) -> None:
         """An AirPlay volume to the hardware mixer, else to the software gain."""
