@@ -150,7 +150,12 @@ class Config:
         6001, "int", "first UDP port for audio, control and timing", _int_range(1, 65535)
     )
     udp_port_range: int = _setting(
-        10, "int", "how many UDP ports from udp_port_base may be used", _int_range(3, 65535)
+        # Every RTSP connection holds three ports from accept to close, and senders open two at
+        # a time (iTunes' challenge connection, then the session): 10 would allow only three.
+        100,
+        "int",
+        "how many UDP ports from udp_port_base may be used",
+        _int_range(3, 65535),
     )
     # audio output
     device: str = _setting("default", "str", "ALSA PCM to play on", _non_empty)

@@ -97,8 +97,9 @@ class FileSink:
     def write(self, pcm: npt.NDArray[np.int16]) -> None:
         data = pcm.astype("<i2", copy=False).tobytes()
         if self._wav is not None:
-            # writeframesraw: the header's length is fixed up on close, so a reader of the
-            # finished file sees the right length and a killed process leaves a readable file.
+            # writeframesraw: the header's length is written on close. A process killed before
+            # that leaves a header that understates the length; read such a file as raw, or
+            # use a .raw output when something reads the file while raopd runs.
             self._wav.writeframesraw(data)
         elif self._stream is not None:
             try:
