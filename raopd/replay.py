@@ -11,11 +11,9 @@ UDP ports. A user debugging a sender can run this on their own tcpdump.
 from __future__ import annotations
 
 import re
-import wave
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from raopd.core.events import (
     ArtworkReceived,
@@ -30,6 +28,7 @@ from raopd.core.events import (
 )
 from raopd.core.session import Channel, RaopSession, ReceiverInfo, SessionPorts
 from raopd.errors import CaptureError
+from raopd.output.sinks import FileSink
 from raopd.pcap import Datagram, read_pcap
 
 RTSP_METHODS = (
@@ -104,35 +103,6 @@ class ReplaySummary:
         return "\n".join(lines)
 
 
-class _Sink:
-    """Writes S16_LE frames to a WAV or raw file."""
-
-    def __init__(self, path: Path | None) -> None:
-        self._wav: wave.Wave_write | None = None
-        self._raw: BinaryIO | None = None
-        if path is None:
-            return
-        if path.suffix.lower() == ".wav":
-            self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - closed in close()
-            self._wav.setnchannels(2)
-            self._wav.setsampwidth(2)
-            self._wav.setframerate(44100)
-        else:
-            self._raw = path.open("wb")
-
-    def write(self, data: bytes) -> None:
-        if self._wav is not None:
-            self._wav.writeframesraw(data)
-        elif self._raw is not None:
-            self._raw.write(data)
-
-    def close(self) -> None:
-        if self._wav is not None:
-            self._wav.close()
-        if self._raw is not None:
-            self._raw.close()
-
-
 @dataclass(frozen=True, slots=True)
 class Capture:
     """A capture's records, with where the receiver in it listened."""
@@ -175,7 +145,10 @@ def run_replay(capture: Capture, output: Path | None) -> ReplaySummary:
         peer_ip=capture.client_ip,
         now=records[0].time if records else 0.0,
     )
-    sink = _Sink(output)
+    # The daemon's file sink: WAV when the name ends in .wav, raw S16_LE otherwise, - for stdout.
+    sink = FileSink(str(output)) if output is not None else None
+    if sink is not None:
+        sink.open()
     try:
         for record in records:
             _run_timers(session, record.time, sink, summary)
@@ -192,26 +165,30 @@ def run_replay(capture: Capture, output: Path | None) -> ReplaySummary:
         session.finish()
         _drain_events(session, sink, summary)
     finally:
-        sink.close()
+        if sink is not None:
+            sink.close()
     _fill_counters(session, summary)
     return summary
 
 
-def _run_timers(session: RaopSession, until: float, sink: _Sink, summary: ReplaySummary) -> None:
+def _run_timers(
+    session: RaopSession, until: float, sink: FileSink | None, summary: ReplaySummary
+) -> None:
     while (timer := session.get_timer()) is not None and timer <= until:
         session.handle_timer(timer)
         session.datagrams_to_send()
         _drain_events(session, sink, summary)
 
 
-def _drain_events(session: RaopSession, sink: _Sink, summary: ReplaySummary) -> None:
+def _drain_events(session: RaopSession, sink: FileSink | None, summary: ReplaySummary) -> None:
     while (event := session.next_event()) is not None:
         _note_event(event, sink, summary)
 
 
-def _note_event(event: Event, sink: _Sink, summary: ReplaySummary) -> None:
+def _note_event(event: Event, sink: FileSink | None, summary: ReplaySummary) -> None:
     if isinstance(event, AudioReady):
-        sink.write(event.pcm.tobytes())
+        if sink is not None:
+            sink.write(event.pcm)
         summary.frames_out += len(event.pcm)
         if event.lost:
             summary.silent_frames += len(event.pcm)
