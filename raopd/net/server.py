@@ -200,11 +200,7 @@ class RtspConnection(asyncio.Protocol):
     # UDP
 
     def datagram_received(self, channel: Channel, data: bytes, addr: tuple[object, ...]) -> None:
-        if self.session is None:
-            return
-        host = str(addr[0])
-        port = int(str(addr[1]))
-        self._guarded(lambda s: s.datagram_received(channel, data, (host, port), self.loop.time()))
+        self.datagrams_received(channel, [(data, addr)])
 
     def datagrams_received(
         self, channel: Channel, batch: list[tuple[bytes, tuple[object, ...]]]
