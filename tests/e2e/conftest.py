@@ -13,7 +13,6 @@ fixed time, so a loaded machine only makes the tests slower, not flaky.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -24,7 +23,6 @@ import sys
 import time
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.daemon import Daemon as LoopbackDaemon
-from tests.net.conftest import Lan
+from tests.net.conftest import Lan, two_host_lan
 
 REPO = Path(__file__).resolve().parents[2]
 TEST30 = REPO / "tests" / "captures" / "test30.wav"
@@ -41,51 +39,11 @@ DEVICE_ID = "0A1B2C3D4E5F"
 RATE = 44100
 DEADLINE = 30.0  # seconds: generous bound for one step (start, scan, stream) on a loaded box
 
-_counter = itertools.count()
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
-@contextmanager
-def private_lan() -> Iterator[Lan]:
-    """Two fresh namespaces and a veth pair; removed afterwards whatever happens."""
-    tag = f"{os.getpid() % 100000}x{next(_counter)}"
-    lan = Lan(
-        a=f"raopd-e{tag}-a",
-        b=f"raopd-e{tag}-b",
-        a_if=f"re{tag}a",
-        b_if=f"re{tag}b",
-        a_ip="10.78.0.1",
-        b_ip="10.78.0.2",
-    )
-    created: list[str] = []
-    try:
-        for ns in (lan.a, lan.b):
-            _ip("netns", "add", ns)
-            created.append(ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("link", "add", lan.a_if, "netns", lan.a, "type", "veth", "peer", "name", lan.b_if,
-            "netns", lan.b)  # fmt: skip
-        for ns, ifname, ip in ((lan.a, lan.a_if, lan.a_ip), (lan.b, lan.b_if, lan.b_ip)):
-            subprocess.run(  # no sysctl binary needed: slim images lack procps
-                ["ip", "netns", "exec", ns, "sh", "-c",
-                 f"echo 1 > /proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"],
-                check=True,
-            )  # fmt: skip
-            _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", ifname)
-            _ip("-n", ns, "link", "set", ifname, "up")
-        yield lan
-    finally:
-        for ns in created:  # deleting a namespace deletes its veth end and the pair with it
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-
 
 @pytest.fixture(scope="session")
 def lan() -> Iterator[Lan]:
     """The private LAN for all end-to-end tests (root and iproute2 needed, as in CI)."""
-    with private_lan() as network:
+    with two_host_lan("e", "10.78.0", loopback_ipv6=True) as network:
         yield network
 
 

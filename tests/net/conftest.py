@@ -9,6 +9,7 @@ calling thread in and out with setns(2) around socket creation only.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -59,33 +60,54 @@ class Lan:
         _ip("-n", ns, *args)
 
 
+_lans = itertools.count()
+
+
 @contextmanager
-def two_host_lan() -> Iterator[Lan]:
-    tag = f"{os.getpid() % 100000}"
-    lan = Lan(a=f"raopd-t{tag}-a", b=f"raopd-t{tag}-b", a_if=f"rd{tag}a", b_if=f"rd{tag}b")
+def two_host_lan(
+    prefix: str = "t", subnet: str = "10.77.0", *, loopback_ipv6: bool = False
+) -> Iterator[Lan]:
+    """Two fresh namespaces joined by a veth pair; removed afterwards whatever happens.
+
+    IPv6 is always off on the veth ends: link-local addresses appear late (DAD) and would make
+    what gets published depend on timing. `loopback_ipv6` keeps it on loopback, so `::1`
+    works inside each namespace; otherwise it is off everywhere.
+    """
+    tag = f"{os.getpid() % 100000}x{next(_lans)}"
+    lan = Lan(
+        a=f"raopd-{prefix}{tag}-a",
+        b=f"raopd-{prefix}{tag}-b",
+        a_if=f"r{prefix}{tag}a",
+        b_if=f"r{prefix}{tag}b",
+        a_ip=f"{subnet}.1",
+        b_ip=f"{subnet}.2",
+    )
     created: list[str] = []
     try:
         for ns in (lan.a, lan.b):
             _ip("netns", "add", ns)
             created.append(ns)
-            # IPv4 only: IPv6 link-local addresses appear late (DAD) and would make the
-            # published address set depend on timing.
-            subprocess.run(
-                ["ip", "netns", "exec", ns, "sh", "-c",
-                 "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
-                 "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"],
-                check=True,
-            )  # fmt: skip
+            if not loopback_ipv6:
+                _disable_ipv6(ns, "all", "default")
             _ip("-n", ns, "link", "set", "lo", "up")
         _ip("link", "add", lan.a_if, "netns", lan.a, "type", "veth", "peer", "name", lan.b_if,
             "netns", lan.b)  # fmt: skip
         for ns, ifname, ip in ((lan.a, lan.a_if, lan.a_ip), (lan.b, lan.b_if, lan.b_ip)):
+            _disable_ipv6(ns, ifname)
             _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", ifname)
             _ip("-n", ns, "link", "set", ifname, "up")
         yield lan
     finally:
         for ns in created:  # deleting a namespace deletes its veth end and the pair with it
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+def _disable_ipv6(ns: str, *interfaces: str) -> None:
+    """Through /proc, not sysctl: slim images lack procps."""
+    script = "; ".join(
+        f"echo 1 > /proc/sys/net/ipv6/conf/{name}/disable_ipv6" for name in interfaces
+    )
+    subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", script], check=True)
 
 
 @pytest.fixture(scope="module")
