@@ -35,10 +35,17 @@ logger = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 32  # each holds three UDP ports; senders open one or two at a time
 # Audio datagrams are read in batches, this long after the first one of a batch arrives.
-# Waking up for each of the ~125 packets a second cost far more than the packets' own
-# work (a wake-up with cold caches measured 5x the warm per-packet cost here); a 100 ms
-# batch is small next to the ~2 s of latency and the 1-1.5 s repair window.
-AUDIO_BATCH_DELAY = 0.1
+# Each wake-up starts with cold caches: here the first ALAC packet decoded after a 100 ms
+# sleep cost 300-400 us against 55 us for the next ones, and every stage (parsing, AES,
+# events, the output thread) pays the same again. Per-packet wake-ups cost 5.5 s of CPU per
+# audio minute, 100 ms batches 1.5 s, 250 ms batches 1.1 s (benchmarks/stream_cost.py).
+# A quarter second is still small next to the ~2 s of latency and the 1.5 s repair window:
+# a gap is noticed, and its first resend request sent, at most that much later.
+AUDIO_BATCH_DELAY = 0.25
+# The audio socket must hold a whole batch and then some: the kernel default (208 KiB on
+# Debian, ~90 datagrams of ALAC on loopback) is ~0.7 s of audio. Asking for 1 MiB gives up
+# to what net.core.rmem_max allows, silently capped.
+AUDIO_RECEIVE_BUFFER = 1 << 20
 MAX_DATAGRAM = 65536
 EventSink = Callable[[RaopSession, Event], None]
 
@@ -107,6 +114,10 @@ class BatchedUdpChannel:
         self.loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, AUDIO_RECEIVE_BUFFER)
+        except OSError as exc:  # the default buffer still works, with less headroom
+            logger.debug("audio socket keeps its default receive buffer: %s", exc)
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
