@@ -114,9 +114,12 @@ class EventRouter:
         self.output = output
         self.apply_volume = output.sink.clocked  # a file gets the stream exactly as sent
         self.mixer: HardwareMixer | None = None  # set: volume in hardware, samples bit-exact
-        # Audio blocks (one per packet) and clock estimates are held until the event loop
-        # finishes the current callback, then handed over as one Push and one UseClock: a batch
-        # of packets costs the output thread one wake-up, not one per packet.
+        # Audio blocks (one per packet) are held until the event loop finishes the current
+        # callback, then handed over as one Push: a batch of packets costs the output thread
+        # one wake-up, not one per packet. A new clock estimate rides along with the next
+        # Push (or any other command) instead of waking the thread itself: while a stream
+        # plays audio comes every batch, and at the start the fast timing exchanges would
+        # otherwise wake it 100 times a second for estimates it cannot use yet.
         self._audio: list[npt.NDArray[np.int16]] = []
         self._audio_rtptime = 0
         self._audio_end = 0
@@ -136,7 +139,6 @@ class EventRouter:
             return
         if isinstance(event, ClockUpdated):
             self._estimate = event.estimate
-            self._schedule_submit()
             return
         self._submit_pending()  # everything else keeps its order relative to the audio
         if isinstance(event, Flushed):
