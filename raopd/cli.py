@@ -18,6 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+# Before numpy is first imported: its OpenBLAS starts a worker thread per core that spins at
+# start-up (0.13 s of CPU measured here) and then idles. raopd does no linear algebra worth
+# a thread pool, and on a Pi the spare cores belong to the rest of the node.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from raopd import __version__
 from raopd.config import (
     FIELDS,
