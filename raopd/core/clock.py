@@ -26,16 +26,17 @@ A per-exchange offset ((T2-T1) + (T3-T4)) / 2 is off by (jitter_f - jitter_b) / 
 jitter that is several ms, and a median over a few samples cannot average it away. The least
 delayed packets, though, are nearly undelayed: the minimum of n uniform(0, J) delays is about
 J / (n + 1). So the estimator works on each direction's *lower envelope* (lower convex hull of
-(t, delay), all exchanges of the last `horizon` = 10 minutes): for a trial drift, each envelope's
-height is min(delay -+ drift * t); their sum is concave in the drift and the drift that maximises it
-is taken (if a range of drifts does equally well, the one closest to 0; searched within +-500
-ppm). Then offset = (forward height - backward height) / 2: the common base delay cancels, and
-only the difference of the two directions' smallest jitters remains. This is the clock-filter
-idea of NTP (minimum delay) with the linear-programming skew estimate of one-way delay work, but
-with the two directions kept apart (a minimum over each direction separately beats the single
-lowest-RTT exchange: ~J/n against ~J*sqrt(2/n)). Only hull vertices are ever a minimum, so an
-update is a bisection over a few dozen points (about 0.1 ms of CPU). The remaining assumption,
-as for every NTP-style method, is that the *minimum* delays are the same both ways.
+(t, delay), all exchanges of the last `horizon` = 10 minutes, trimmed once a minute): for a trial
+drift, each envelope's height is min(delay -+ drift * t); their sum is concave in the drift and
+the drift that maximises it is taken (if a range of drifts does equally well, the one closest to
+0; searched within +-500 ppm). Then offset = (forward height - backward height) / 2: the common
+base delay cancels, and only the difference of the two directions' smallest jitters remains.
+This is the clock-filter idea of NTP (minimum delay) with the linear-programming skew estimate
+of one-way delay work, but with the two directions kept apart (a minimum over each direction
+separately beats the single lowest-RTT exchange: ~J/n against ~J*sqrt(2/n)). Only hull vertices
+are ever a minimum, so an update is a bisection over a few dozen points (about 0.1 ms of CPU).
+The remaining assumption, as for every NTP-style method, is that the *minimum* delays are the
+same both ways.
 
 Sync packets are not used as one-way samples: real senders stamp them some ms before sending
 (cliraop: about 4 ms in the captures), which would bias the backward envelope.
@@ -92,6 +93,12 @@ DRIFT_LIMIT = 500e-6
 
 _MAX_POINTS = 20_000
 """Memory bound on kept exchanges per direction (the horizon at 10 per second is 6000)."""
+
+EXPIRY_SLACK = 0.1
+"""Old exchanges leave the envelope in bulk, once they are this fraction of the horizon past
+it: the oldest point is always a hull vertex, so expiring one point at a time rebuilt the
+hull from every kept point on every reply once the horizon was full (1.2 ms per reply with
+600 points, ~10 ms with 6000; now one rebuild a minute)."""
 
 MAX_RTT = 0.200
 """Replies with a longer round trip say more about the network than about the clocks."""
@@ -196,6 +203,7 @@ class _Envelope:
         self.points: deque[tuple[float, float]] = deque()
         self.hull: list[tuple[float, float]] = []
         self.slopes: list[float] = []
+        self.rebuilds = 0  # full hull rebuilds, for tests of the expiry's cost
 
     def add(self, t: float, d: float) -> None:
         self.points.append((t, d))
@@ -205,13 +213,22 @@ class _Envelope:
             self.hull = _lower_hull([*self.hull, (t, d)])
         self._slopes()
 
-    def expire(self, before: float, max_points: int) -> None:
+    def expire(self, before: float, max_points: int, slack: float = 0.0) -> None:
+        """Drop points older than `before` (and the oldest beyond `max_points`), but only once
+        the oldest is `slack` seconds past `before` or the count 10 % past `max_points`: a
+        vertex leaving means a rebuild from every point, so it is done in bulk."""
+        points = self.points
+        if not points or (
+            points[0][0] >= before - slack and len(points) <= max_points + max_points // 10
+        ):
+            return
         rebuild = False
-        while self.points and (self.points[0][0] < before or len(self.points) > max_points):
-            rebuild = rebuild or self.points[0] in self.hull
-            self.points.popleft()
+        while points and (points[0][0] < before or len(points) > max_points):
+            rebuild = rebuild or points[0] in self.hull
+            points.popleft()
         if rebuild:
-            self.hull = _lower_hull(sorted(self.points))
+            self.rebuilds += 1
+            self.hull = _lower_hull(sorted(points))
             self._slopes()
 
     def _slopes(self) -> None:
@@ -494,8 +511,9 @@ class ClockSync:
         middle = (pending.sent + now) / 2
         self._forward.add(middle, (t2 - t1 - base) / _NS)
         self._backward.add(middle, (t4 - t3 + base) / _NS)
-        self._forward.expire(middle - self.horizon, _MAX_POINTS)
-        self._backward.expire(middle - self.horizon, _MAX_POINTS)
+        slack = self.horizon * EXPIRY_SLACK
+        self._forward.expire(middle - self.horizon, _MAX_POINTS, slack)
+        self._backward.expire(middle - self.horizon, _MAX_POINTS, slack)
         self.add_sample(TimingSample(middle, (offset_ns - base) / _NS, rtt_ns / _NS))
 
     def add_sample(self, sample: TimingSample) -> None:
