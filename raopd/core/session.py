@@ -116,6 +116,10 @@ class SessionSettings:
     session_timeout: float = 60.0  # seconds without audio or requests before a session ends
     latency_offset: float = 0.0  # seconds added to the sender's latency (+ plays later)
     initial_volume: float = DEFAULT_VOLUME
+    # How late the adapter may hand over an audio datagram (it reads in batches). A gap is
+    # noticed that much later, so its repair window is that much shorter: audio still leaves
+    # the jitter buffer RELEASE_MARGIN before it is due.
+    input_delay: float = 0.0
 
 
 class State(Enum):
@@ -637,7 +641,7 @@ class RaopSession:
         if estimate is not None and estimate is not self._estimate:
             self._estimate = estimate
             latency = estimate.latency_frames / max(1, estimate.rate)
-            window = min(max(latency - RELEASE_MARGIN, 0.25), 4.0)
+            window = min(max(latency - RELEASE_MARGIN - self.settings.input_delay, 0.25), 4.0)
             self._jitter.set_repair_window(window)
             self._events.append(ClockUpdated(estimate))
 

@@ -18,7 +18,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 from raopd.core.arbiter import PlayArbiter
@@ -402,7 +402,10 @@ class RtspServer:
     ) -> None:
         self.receiver = receiver
         self.settings = settings
-        self.session_settings = session_settings
+        # Audio is read in batches: sessions shorten their repair window to match.
+        self.session_settings = replace(
+            session_settings, input_delay=max(session_settings.input_delay, AUDIO_BATCH_DELAY)
+        )
         self.arbiter = arbiter
         self.on_event = on_event
         self.connections: set[RtspConnection] = set()

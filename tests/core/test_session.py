@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from raopd.core.arbiter import PlayArbiter
 from raopd.core.events import AudioReady, SessionEnded, StreamStarted, VolumeChanged
 from raopd.core.jitter import JitterSettings
-from raopd.core.packets import AudioPacket, ResendRequest, ResentAudio
+from raopd.core.ntp import ns_to_ntp
+from raopd.core.packets import AudioPacket, ResendRequest, ResentAudio, SyncPacket, TimingPacket
 from raopd.core.seq import rtp_add, seq_add
 from raopd.core.session import (
     Channel,
@@ -399,3 +400,21 @@ def test_ten_thousand_bad_datagrams_never_raise_and_do_not_disturb_the_stream():
         session.datagram_received(Channel.AUDIO, p, (PEER, 40000), now=0.2)
     out, _ = collect_audio(session)
     assert np.array_equal(out, pcm)
+
+
+@pytest.mark.parametrize(("input_delay", "window"), [(0.0, 1.5), (0.25, 1.25)])
+def test_repair_window_leaves_the_release_margin_after_batched_reads(input_delay, window):
+    """Latency 2 s: gaps may wait 2 - 0.5 s, less however late the adapter hands packets over."""
+    session = make_session(input_delay=input_delay)
+    start(session, encrypted=False)
+    session.handle_timer(1.0)  # sends the first timing request
+    requests = [p for c, p, _ in session.datagrams_to_send() if c is Channel.TIMING]
+    origin = TimingPacket.parse(requests[-1]).transmit
+    sender_ns = 9 * 10**18
+    answer = TimingPacket(True, origin, ns_to_ntp(sender_ns), ns_to_ntp(sender_ns))
+    session.datagram_received(Channel.TIMING, bytes(answer), (PEER, 50002), 1.0002)
+    # Sender latency 77175 frames + the fixed 11025 = 88200 frames = 2.0 s.
+    sync = SyncPacket(rtptime_at_ntp=1000, ntp=ns_to_ntp(sender_ns), rtptime_now=1000 + 77175)
+    session.datagram_received(Channel.CONTROL, bytes(sync), SENDER_CONTROL, 1.001)
+    assert session.estimate is not None
+    assert session._jitter.settings.repair_window == pytest.approx(window)

@@ -11,7 +11,7 @@ import socket
 
 from raopd.core.arbiter import PlayArbiter
 from raopd.core.session import ReceiverInfo, SessionSettings
-from raopd.net.server import RtspConnection, RtspServer, ServerSettings
+from raopd.net.server import AUDIO_BATCH_DELAY, RtspConnection, RtspServer, ServerSettings
 
 
 class FakeTransport(asyncio.Transport):
@@ -112,3 +112,8 @@ async def test_connections_accepted_together_do_not_starve_each_other():
         assert connection.session is None and connection.channels == {}
         assert transport.closed  # refused cleanly
     first.shutdown()
+
+
+def test_sessions_know_audio_is_read_in_batches():
+    """The repair window of every session accounts for the audio socket's batch delay."""
+    assert make_server().session_settings.input_delay == AUDIO_BATCH_DELAY
