@@ -13,6 +13,11 @@ prints one JSON object:
 Targets: at most 1.0 s CPU per audio minute and 64 MB peak RSS.
 
     python benchmarks/stream_cost.py [--seconds 60] [--speed 1.0]
+
+The same stream can be measured against another receiver that is already running, for a
+ratio taken on the same machine at the same time (absolute CPU times here vary by +-15 %
+from run to run): `--against HOST:PORT --pid PID [--raw-output FILE]`. For shairport-sync,
+benchmarks/shairport_reference.sh does the set-up and alternates the two.
 """
 
 from __future__ import annotations
@@ -57,41 +62,65 @@ def looped(pcm: np.ndarray, frames: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([pcm] * reps)[:frames])
 
 
+def sender_for(host: str, port: int, speed: float, hw_addr: bytes | None) -> RaopSender:
+    return RaopSender(
+        host,
+        port,
+        SenderOptions(
+            codec="alac", encrypt=True, speed=speed, hw_addr=hw_addr, verify=hw_addr is not None
+        ),
+    )
+
+
+async def measure(sender: RaopSender, pid: int, source: np.ndarray) -> dict[str, float]:
+    """Stream `source` and read the receiver's CPU and memory around it."""
+    try:
+        await sender.connect()
+        cpu_start = cpu_seconds(pid)
+        await sender.play(source)
+        await sender.teardown()
+        cpu_end = cpu_seconds(pid)
+        peak_kb = status_kb(pid, "VmHWM")
+        rss_kb = status_kb(pid, "VmRSS")
+    finally:
+        await sender.close()
+    audio_min = len(source) / 44100 / 60
+    return {
+        "audio_s": round(len(source) / 44100, 3),
+        "cpu_s_per_audio_min": round((cpu_end - cpu_start) / audio_min, 3),
+        "startup_cpu_s": round(cpu_start, 3),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "rss_end_mb": round(rss_kb / 1024, 1),
+    }
+
+
+def contains(out: np.ndarray, source: np.ndarray) -> bool:
+    """`source` appears in `out` sample for sample, after whatever silence came first."""
+    nonzero = np.flatnonzero(out.any(axis=1))
+    if not len(nonzero):
+        return False
+    start = int(nonzero[0]) - int(np.flatnonzero(source.any(axis=1))[0])
+    return start >= 0 and np.array_equal(out[start : start + len(source)], source)
+
+
 async def run(seconds: float, speed: float) -> dict[str, object]:
+    """raopd, started here with --output to a WAV file."""
     source = looped(load_wav(ROOT / "tests" / "captures" / "test30.wav"), int(seconds * 44100))
     with tempfile.TemporaryDirectory(prefix="raopd-bench-") as tmp:
         daemon = Daemon(Path(tmp), [])
         await daemon.start()
         assert daemon.process is not None
-        pid = daemon.process.pid
-        sender = RaopSender(
-            "127.0.0.1",
-            daemon.port,
-            SenderOptions(
-                codec="alac", encrypt=True, speed=speed, hw_addr=bytes.fromhex(DEVICE_ID)
-            ),
-        )
+        sender = sender_for("127.0.0.1", daemon.port, speed, bytes.fromhex(DEVICE_ID))
         try:
-            await sender.connect()
-            cpu_start = cpu_seconds(pid)
-            await sender.play(source)
-            await sender.teardown()
-            cpu_end = cpu_seconds(pid)
-            peak_kb = status_kb(pid, "VmHWM")
-            rss_kb = status_kb(pid, "VmRSS")
+            result = await measure(sender, daemon.process.pid, source)
         finally:
-            await sender.close()
             code = await daemon.stop()
         out = read_wav(daemon.output)
     report = sender.report
-    audio_min = len(source) / 44100 / 60
     return {
-        "audio_s": round(len(source) / 44100, 3),
+        "receiver": "raopd",
+        **result,
         "speed": speed,
-        "cpu_s_per_audio_min": round((cpu_end - cpu_start) / audio_min, 3),
-        "startup_cpu_s": round(cpu_start, 3),
-        "peak_rss_mb": round(peak_kb / 1024, 1),
-        "rss_end_mb": round(rss_kb / 1024, 1),
         "bit_exact": bool(out.shape == source.shape and np.array_equal(out, source)),
         "packets": report.packets,
         "resend_requests": report.resend_requests,
@@ -100,12 +129,46 @@ async def run(seconds: float, speed: float) -> dict[str, object]:
     }
 
 
+async def run_against(
+    address: str, pid: int, raw_output: Path | None, seconds: float, speed: float
+) -> dict[str, object]:
+    """Another receiver, already running (benchmarks/shairport_reference.sh starts one)."""
+    source = looped(load_wav(ROOT / "tests" / "captures" / "test30.wav"), int(seconds * 44100))
+    host, _, port = address.rpartition(":")
+    sender = sender_for(host, int(port), speed, None)
+    result = await measure(sender, pid, source)
+    await asyncio.sleep(3.0)  # a timed receiver still has its latency's worth to play out
+    line: dict[str, object] = {"receiver": Path(f"/proc/{pid}/exe").resolve().name, **result}
+    line["speed"] = speed
+    if raw_output is not None:
+        out = np.fromfile(raw_output, "<i2")
+        line["bit_exact"] = contains(out[: len(out) // 2 * 2].reshape(-1, 2), source)
+    line["packets"] = sender.report.packets
+    line["resend_requests"] = sender.report.resend_requests
+    return line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument(
+        "--against", metavar="HOST:PORT", help="measure this running receiver instead of raopd"
+    )
+    parser.add_argument("--pid", type=int, help="its process id (with --against)")
+    parser.add_argument(
+        "--raw-output", type=Path, help="its raw S16_LE stereo output, to check (with --against)"
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.seconds, args.speed))))
+    if args.against:
+        if args.pid is None:
+            parser.error("--against needs --pid")
+        line = asyncio.run(
+            run_against(args.against, args.pid, args.raw_output, args.seconds, args.speed)
+        )
+    else:
+        line = asyncio.run(run(args.seconds, args.speed))
+    print(json.dumps(line))
 
 
 if __name__ == "__main__":
