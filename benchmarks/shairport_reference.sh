@@ -46,7 +46,10 @@ stop_sps() {
 
 cleanup() {
     stop_sps
-    [ -n "$avahi_pid" ] && kill "$avahi_pid" 2>/dev/null || true
+    if [ -n "$avahi_pid" ]; then
+        kill "$avahi_pid" 2>/dev/null || true
+        wait "$avahi_pid" 2>/dev/null || true
+    fi
     [ -n "$dbus_pid" ] && kill "$dbus_pid" 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
     rm -rf "$work"

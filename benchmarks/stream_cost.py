@@ -7,7 +7,12 @@ prints one JSON object:
 - `cpu_s_per_audio_min`: raopd's user+sys CPU (from /proc/<pid>/stat) from the first audio
   packet to the end of the stream, per minute of audio;
 - `startup_cpu_s`: raopd's CPU before the first audio (imports, mDNS, handshake);
-- `peak_rss_mb`: VmHWM from /proc/<pid>/status at the end (the process's lifetime peak);
+- `peak_rss_mb`: VmHWM from /proc/<pid>/status at the end (the process's lifetime peak),
+  and the resident set at the end split into anonymous and file-backed pages. The file-backed
+  part (shared libraries) is not stable from one hour to the next on the same machine and
+  files: `import raopd.daemon` alone measured 88 MB early in one session and 73 MB later,
+  34 MB of it anonymous both times, and this benchmark 94 and 75 MB. The page cache's state
+  is the likely cause (the kernel maps cached neighbours of a faulting page); not pinned down;
 - `bit_exact`: the WAV equals the input, sample for sample.
 
 Targets: at most 1.0 s CPU per audio minute and 64 MB peak RSS.
@@ -82,6 +87,8 @@ async def measure(sender: RaopSender, pid: int, source: np.ndarray) -> dict[str,
         cpu_end = cpu_seconds(pid)
         peak_kb = status_kb(pid, "VmHWM")
         rss_kb = status_kb(pid, "VmRSS")
+        anon_kb = status_kb(pid, "RssAnon")
+        file_kb = status_kb(pid, "RssFile")
     finally:
         await sender.close()
     audio_min = len(source) / 44100 / 60
@@ -91,6 +98,8 @@ async def measure(sender: RaopSender, pid: int, source: np.ndarray) -> dict[str,
         "startup_cpu_s": round(cpu_start, 3),
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "rss_end_mb": round(rss_kb / 1024, 1),
+        "rss_end_anon_mb": round(anon_kb / 1024, 1),
+        "rss_end_file_mb": round(file_kb / 1024, 1),
     }
 
 
