@@ -7,6 +7,7 @@ inserted/dropped, resyncs. The simulation harness is tests/core/fake_dac.py (one
 fakes; nothing in raopd/ imports it).
 
     python benchmarks/sync.py [--seconds 600] [--filter envelope|median|min_rtt|low_rtt_median]
+                              [--period FRAMES (default: raopd's ALSA period)]
 """
 
 import argparse
@@ -17,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from raopd.config import Config
 from tests.core.fake_dac import Scenario, simulate
 
 
@@ -25,6 +27,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--filter", default=None)
     parser.add_argument("--jitter-ms", type=float, nargs="*", default=[0.0, 1.0, 5.0, 20.0])
+    parser.add_argument(
+        "--period", type=int, default=Config().period_frames, help="ALSA period in frames"
+    )
     args = parser.parse_args()
     for jitter_ms in args.jitter_ms:
         for ppm in (-200, -50, 0, 50, 200):
@@ -37,9 +42,11 @@ def main() -> None:
                     seconds=args.seconds,
                     seed=abs(ppm) + 7,
                     filter=args.filter,
+                    period=args.period,
+                    target=3 * args.period,
                 )
             )
-            line = {"ppm": ppm, "jitter_ms": jitter_ms, **result.summary()}
+            line = {"ppm": ppm, "jitter_ms": jitter_ms, "period": args.period, **result.summary()}
             line["filter"] = result.clock.estimate().filter  # type: ignore[union-attr]
             line["cpu_s"] = round(time.process_time() - started, 2)
             print(json.dumps(line), flush=True)

@@ -75,7 +75,7 @@ class PlayoutSettings:
     resync_threshold: float = 0.050
     """Error (s) past which playout jumps instead of stuffing; 0 = never (shairport-sync: 50 ms)."""
     error_window: int = 5
-    """Pulls in the median that drives the controller (5 periods of 1024 = 116 ms)."""
+    """Pulls in the median that drives the controller (5 periods of 2048 = 232 ms)."""
     kp_ppm_per_ms: float = 1000.0
     ki_ppm_per_ms_s: float = 250.0
     integral_limit: float = 0.002

@@ -88,7 +88,7 @@ class AlsaSink:
     def __init__(
         self,
         device: str,
-        period_frames: int = 1024,
+        period_frames: int = 2048,
         buffer_frames: int = 4096,
         *,
         retry_interval: float = 1.0,

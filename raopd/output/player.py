@@ -106,7 +106,7 @@ class OutputThread:
         sink: AudioSink,
         settings: PlayoutSettings | None = None,
         *,
-        period_frames: int = 1024,
+        period_frames: int = 2048,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sink = sink
