@@ -168,8 +168,8 @@ class Config:
     )
     # 2048 frames (46 ms): the output thread wakes once per period, and each wake-up has a
     # cost of its own; against 1024, raopd on ALSA's null device used 1.9-2.0 s of CPU per
-    # audio minute instead of 2.4-2.6, with the same sync error on virtual time (p99 0.204
-    # against 0.201 ms, tests/core/test_playout.py) and the buffer still four periods.
+    # audio minute instead of 2.4-2.6, with the same sync error on virtual time (worst p99
+    # 0.181 against 0.179 ms, benchmarks/sync.py) and the buffer still four periods.
     period_frames: int = _setting(2048, "int", "ALSA period size in frames", _int_range(32, 65536))
     buffer_frames: int = _setting(
         8192, "int", "ALSA buffer size in frames (at least 2 periods)", _int_range(64, 1048576)

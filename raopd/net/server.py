@@ -38,9 +38,10 @@ MAX_CONNECTIONS = 32  # each holds three UDP ports; senders open one or two at a
 # Each wake-up starts with cold caches: here the first ALAC packet decoded after a 100 ms
 # sleep cost 300-400 us against 55 us for the next ones, and every stage (parsing, AES,
 # events, the output thread) pays the same again. Per-packet wake-ups cost 5.5 s of CPU per
-# audio minute, 100 ms batches 1.5 s, 250 ms batches 1.1 s (benchmarks/stream_cost.py).
-# A quarter second is still small next to the ~2 s of latency and the 1.5 s repair window:
-# a gap is noticed, and its first resend request sent, at most that much later.
+# audio minute; with the clock's fast start left out, 100 ms batches cost 1.5 s and 250 ms
+# batches 1.1 s (benchmarks/stream_cost.py). A quarter second is still small next to the
+# ~2 s of latency: a gap is noticed, and its first resend request sent, at most that much
+# later, and sessions take it off their repair window (SessionSettings.input_delay).
 AUDIO_BATCH_DELAY = 0.25
 # The audio socket must hold a whole batch and then some: the kernel default (208 KiB on
 # Debian, ~90 datagrams of ALAC on loopback) is ~0.7 s of audio. Asking for 1 MiB gives up
