@@ -67,6 +67,11 @@ def looped(pcm: np.ndarray, frames: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([pcm] * reps)[:frames])
 
 
+def test_audio(seconds: float) -> np.ndarray:
+    """test30.wav looped and cut to `seconds`."""
+    return looped(load_wav(ROOT / "tests" / "captures" / "test30.wav"), int(seconds * 44100))
+
+
 def sender_for(host: str, port: int, speed: float, hw_addr: bytes | None) -> RaopSender:
     return RaopSender(
         host,
@@ -77,7 +82,7 @@ def sender_for(host: str, port: int, speed: float, hw_addr: bytes | None) -> Rao
     )
 
 
-async def measure(sender: RaopSender, pid: int, source: np.ndarray) -> dict[str, float]:
+async def measure(sender: RaopSender, pid: int, source: np.ndarray) -> dict[str, object]:
     """Stream `source` and read the receiver's CPU and memory around it."""
     try:
         await sender.connect()
@@ -100,6 +105,8 @@ async def measure(sender: RaopSender, pid: int, source: np.ndarray) -> dict[str,
         "rss_end_mb": round(rss_kb / 1024, 1),
         "rss_end_anon_mb": round(anon_kb / 1024, 1),
         "rss_end_file_mb": round(file_kb / 1024, 1),
+        "packets": sender.report.packets,
+        "resend_requests": sender.report.resend_requests,
     }
 
 
@@ -114,7 +121,7 @@ def contains(out: np.ndarray, source: np.ndarray) -> bool:
 
 async def run(seconds: float, speed: float) -> dict[str, object]:
     """raopd, started here with --output to a WAV file."""
-    source = looped(load_wav(ROOT / "tests" / "captures" / "test30.wav"), int(seconds * 44100))
+    source = test_audio(seconds)
     with tempfile.TemporaryDirectory(prefix="raopd-bench-") as tmp:
         daemon = Daemon(Path(tmp), [])
         await daemon.start()
@@ -125,15 +132,12 @@ async def run(seconds: float, speed: float) -> dict[str, object]:
         finally:
             code = await daemon.stop()
         out = read_wav(daemon.output)
-    report = sender.report
     return {
         "receiver": "raopd",
         **result,
         "speed": speed,
         "bit_exact": bool(out.shape == source.shape and np.array_equal(out, source)),
-        "packets": report.packets,
-        "resend_requests": report.resend_requests,
-        "sender_max_lateness_s": round(report.max_lateness, 4),
+        "sender_max_lateness_s": round(sender.report.max_lateness, 4),
         "daemon_exit": code,
     }
 
@@ -142,18 +146,15 @@ async def run_against(
     address: str, pid: int, raw_output: Path | None, seconds: float, speed: float
 ) -> dict[str, object]:
     """Another receiver, already running (benchmarks/shairport_reference.sh starts one)."""
-    source = looped(load_wav(ROOT / "tests" / "captures" / "test30.wav"), int(seconds * 44100))
+    source = test_audio(seconds)
     host, _, port = address.rpartition(":")
-    sender = sender_for(host, int(port), speed, None)
-    result = await measure(sender, pid, source)
-    await asyncio.sleep(3.0)  # a timed receiver still has its latency's worth to play out
+    result = await measure(sender_for(host, int(port), speed, None), pid, source)
     line: dict[str, object] = {"receiver": Path(f"/proc/{pid}/exe").resolve().name, **result}
     line["speed"] = speed
     if raw_output is not None:
+        await asyncio.sleep(3.0)  # a timed receiver still has its latency's worth to write
         out = np.fromfile(raw_output, "<i2")
         line["bit_exact"] = contains(out[: len(out) // 2 * 2].reshape(-1, 2), source)
-    line["packets"] = sender.report.packets
-    line["resend_requests"] = sender.report.resend_requests
     return line
 
 
