@@ -50,7 +50,16 @@ cleanup() {
         kill "$avahi_pid" 2>/dev/null || true
         wait "$avahi_pid" 2>/dev/null || true
     fi
-    [ -n "$dbus_pid" ] && kill "$dbus_pid" 2>/dev/null || true
+    if [ -n "$dbus_pid" ]; then
+        # Not our child (it forked): wait until it is gone, or the next run may find it
+        # still alive, rely on it, and lose it a moment later.
+        kill "$dbus_pid" 2>/dev/null || true
+        tries=0
+        while kill -0 "$dbus_pid" 2>/dev/null && [ "$tries" -lt 50 ]; do
+            tries=$((tries + 1))
+            sleep 0.1
+        done
+    fi
     ip netns del "$ns" 2>/dev/null || true
     rm -rf "$work"
 }
@@ -77,7 +86,17 @@ fi
 mkdir -p /run/avahi-daemon
 ip netns exec "$ns" avahi-daemon --no-drop-root --no-chroot >"$work/avahi.log" 2>&1 &
 avahi_pid=$!
-sleep 1
+# shairport-sync gives up at once if Avahi is not answering yet.
+tries=0
+until grep -q "Server startup complete" "$work/avahi.log"; do
+    tries=$((tries + 1))
+    if [ "$tries" -gt 100 ] || ! kill -0 "$avahi_pid" 2>/dev/null; then
+        say "avahi-daemon did not start:"
+        cat "$work/avahi.log" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
 
 cat >"$work/sps.conf" <<'EOF'
 general = {
