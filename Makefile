@@ -3,6 +3,7 @@
 #   sudo make image            daemonless arm64 image archive -> out/raopd-arm64.tar
 #   sudo make image-test       run that image's raopd under qemu-user (needs image)
 #   make k8s-check             render + validate the manifests, lint, tests/deploy
+#   make docs                  regenerate docs/configuration.md + k8s/common/raopd.toml
 # `image`/`image-test` need root: mmdebstrap extracts as root, the smoke test
 # chroots into the image.
 # The Python tools live in their own venv (TOOLS_VENV), not the project venv.
@@ -31,10 +32,18 @@ APT_PACKAGES := mmdebstrap debian-archive-keyring gcc-aarch64-linux-gnu \
 IMAGE_INPUTS := pyproject.toml container/requirements.txt container/build-arm64.sh \
     container/ocitar.py $(shell find raopd -type f ! -name '*.pyc' 2>/dev/null)
 
-.PHONY: help deps-packaging tools image image-test k8s-check clean-image
+# The project's Python (the README's venv) for `make docs`.
+PYTHON ?= .venv/bin/python
+
+.PHONY: help deps-packaging tools image image-test k8s-check clean-image docs
 
 help:
-	@sed -n '2,9p' Makefile
+	@sed -n '2,10p' Makefile
+
+# The settings reference and the example config are generated from raopd/config.py
+# (tests/test_settings_surfaces.py fails when they are stale).
+docs:
+	$(PYTHON) -m raopd.config_docs --write
 
 deps-packaging:
 	apt-get update

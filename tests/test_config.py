@@ -185,7 +185,10 @@ def test_toml_errors(tmp_path):
     assert "port must be an integer, got 5000.5" in error_of(
         path=write(tmp_path, "c.toml", "port = 5000.5\n")
     )
-    assert "not valid TOML" in error_of(path=write(tmp_path, "d.toml", "port = = 1\n"))
+    bad = write(tmp_path, "d.toml", "port = = 1\n")
+    assert "is neither raopd TOML (Invalid value (at line 1, column 8))" in error_of(path=bad)
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config({}, {}, bad, "toml")
     assert "cannot read config file" in error_of(path=tmp_path / "missing.toml")
     message = error_of(path=write(tmp_path, "e.toml", "resend = 1\n"))
     assert "e.toml: resend: resend must be true or false, got 1" in message
