@@ -40,6 +40,7 @@ from raopd.config import (
     topics,
 )
 from raopd.errors import ConfigError, RaopError
+from raopd.stderr_log import StderrCapture
 
 EXIT_CONFIG = 2
 EXIT_DAMAGED = 3  # `raopd replay`: the capture cannot give the whole session
@@ -384,6 +385,22 @@ def _main(argv: Sequence[str] | None) -> int:
         print(describe(config))
         sys.stdout.flush()  # a closed pipe shows here, inside main's BrokenPipeError guard
         return 0
+    # While the daemon runs, alsa-lib's (and any C library's) stderr lines reach the log
+    # through raopd's handler, timestamped and rate-limited, instead of raw on fd 2.
+    capture = StderrCapture()
+    capture.start()
+    try:
+        code, fatal = _run_daemon(args, config)
+    finally:
+        capture.stop()
+        configure_logging(config.log_level)  # back on the restored stderr
+    if fatal:
+        print(f"raopd: {fatal}", file=sys.stderr)
+    return code
+
+
+def _run_daemon(args: argparse.Namespace, config: Config) -> tuple[int, str]:
+    """Run the daemon until it stops: (exit code, the fatal error to print or '')."""
     configure_logging(config.log_level)
     if "password" in vars(args):
         logger.warning(
@@ -397,15 +414,13 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         asyncio.run(daemon.run(config))
     except ConfigError as exc:  # e.g. an address that cannot be bound is still configuration
-        print(f"raopd: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_CONFIG, str(exc)
     except (OSError, RaopError) as exc:
         logger.debug("fatal error", exc_info=True)
-        print(f"raopd: {exc}", file=sys.stderr)
-        return 1
+        return 1, str(exc)
     except KeyboardInterrupt:
-        return 130
-    return 0
+        return 130, ""
+    return 0, ""
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -123,6 +123,10 @@ def readiness(state: DaemonState) -> tuple[bool, list[str]]:
         missing.append("RTSP server not listening")
     if state.mdns is None or not state.mdns.registered:
         missing.append("mDNS service not registered")
+    elif not state.mdns.addresses:
+        # Announced with no address record: no sender can find this speaker.
+        where = ", ".join(state.mdns.interfaces or ["any interface"])
+        missing.append(f"no network address to advertise on {where}")
     if state.output is None or not sink_opened(state.output.sink):
         missing.append("audio device not open")
     return not missing, missing
