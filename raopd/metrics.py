@@ -295,6 +295,11 @@ class DaemonCollector(Collector):
             "ALSA underruns (the device ran dry)",
             int(getattr(output.sink, "underruns", 0)),
         )
+        yield _counter(
+            "raopd_audio_device_reopen_attempts",
+            "Attempts to open the audio device again after it failed or was missing",
+            int(getattr(output.sink, "reopen_attempts", 0)),
+        )
         stats = output.playout.stats
         yield _gauge(
             "raopd_sync_error_seconds",
