@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one option per setting of `raopd.config`, grouped by topic."""
     parser = _Parser(
         prog="raopd",
+        # No abbreviations: with a flag per setting, `send --volume` would be taken for an
+        # ambiguous prefix of --volume-curve & co. before the subcommand sees it.
+        allow_abbrev=False,
         description="AirPlay 1 (RAOP) receiver: plays what Macs, iPhones and other senders "
         "stream. Settings come from defaults, then the config file, then RAOPD_<KEY> "
         "environment variables, then these options; every option below is also a config "
@@ -284,15 +287,6 @@ def _check_send_options(args: argparse.Namespace) -> str | None:
     volume = args.send_volume
     if not (volume == -144.0 or -30.0 <= volume <= 0.0):
         return f"--volume must be from -30 to 0 dB, or -144 (mute), got {volume:g}"
-    if not 0.0 < args.send_speed <= 1000.0:
-        return f"--speed must be above 0 and at most 1000, got {args.send_speed:g}"
-    for flag, value in (
-        ("--drop", args.send_drop),
-        ("--reorder", args.send_reorder),
-        ("--duplicate", args.send_duplicate),
-    ):
-        if not 0.0 <= value <= 1.0:
-            return f"{flag} must be a probability from 0 to 1, got {value:g}"
     if args.send_linger is not None and args.send_linger < 0:
         return f"--linger must not be negative, got {args.send_linger:g}"
     if not args.send_file.is_file():

@@ -7,6 +7,7 @@ ALSA_CONFIG_PATH at a configuration whose `dac` PCM names a card that does not e
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.daemon import DEVICE_ID, TEST30
 from tests.net.conftest import _setns
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -308,3 +310,34 @@ def test_capture_without_announce_says_so(tmp_path):
     result = _replay(path)
     assert result.returncode == 3
     assert "audio packets but no ANNOUNCE" in result.stderr, result.stderr
+
+
+# -- authentication -----------------------------------------------------------------------
+
+
+async def _send(daemon, *extra: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "raopd", "send", str(TEST30), "--host", "127.0.0.1",
+        "--port", str(daemon.port), "--device-id", DEVICE_ID, *extra,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), DEADLINE)
+    return int(process.returncode or 0), err.decode()
+
+
+async def test_auth_failures_are_logged_once_per_peer_with_the_right_reason(start_daemon, tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("right\n")
+    daemon = await start_daemon("--password-file", str(secret))
+    for _ in range(3):
+        status, err = await _send(daemon, "--password", "wrong")
+        assert status == 1
+        assert "401 Unauthorized (wrong password)" in err and "password needed" not in err
+    status, err = await _send(daemon)
+    assert status == 1 and "401 Unauthorized (password needed)" in err, err
+    await daemon.stop()
+    failures = [line for line in daemon.log if "authentication failed" in line]
+    # Three failures in a few seconds from one peer: one INFO line naming peer and method.
+    assert len(failures) == 1, daemon.log
+    assert re.search(r" INFO raopd\.core\.session: authentication failed from 127\.0\.0\.1: "
+                     r"[A-Z_]+, wrong password$", failures[0]), failures[0]  # fmt: skip
