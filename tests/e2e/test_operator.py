@@ -39,8 +39,9 @@ def _ip(*args: str) -> None:
 
 
 @contextmanager
-def namespace() -> Iterator[str]:
-    """A namespace with loopback up and a veth pair (v0, v1) up but without an address."""
+def namespace(loopback_ipv6: bool = False) -> Iterator[str]:
+    """A namespace with loopback up and a veth pair (v0, v1) up but without an address;
+    IPv6 off except (with `loopback_ipv6`) `::1`, as on a host with an IPv4-only LAN."""
     ns = f"raopd-op-{os.getpid()}-{next(_names)}"
     _ip("netns", "add", ns)
     try:
@@ -53,6 +54,11 @@ def namespace() -> Iterator[str]:
         _ip("-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
         _ip("-n", ns, "link", "set", "v0", "up")
         _ip("-n", ns, "link", "set", "v1", "up")
+        if loopback_ipv6:
+            subprocess.run(
+                ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"],
+                check=True,
+            )
         yield ns
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
@@ -203,6 +209,21 @@ def test_no_address_is_not_ready_until_one_is_added(tmp_path):
     assert log.count("raopd not ready: no network address to advertise on v0") == 1, log
     assert re.search(r"raopd ready: \w+@Op on port 5000, 10\.79\.0\.1 ", log), log
     assert "Traceback" not in log
+
+
+def test_no_route_for_mdns_on_ipv6_loopback_is_no_warning(tmp_path):
+    """zeroconf cannot send to ff02::fb on `::1`: on a normal host that is no fault."""
+    with namespace(loopback_ipv6=True) as ns:
+        _ip("-n", ns, "addr", "add", "10.79.0.1/24", "dev", "v0")
+        daemon = Raopd(ns, tmp_path, "--output", str(tmp_path / "out.raw"))
+        try:
+            wait_for(lambda: "raopd ready" in daemon.log or not daemon.alive(), "ready")
+            wait_for(lambda: "Network is unreachable" in daemon.log, "zeroconf's send error")
+        finally:
+            assert daemon.stop() == 0
+    log = daemon.log
+    assert "Traceback" not in log and " WARNING " not in log, log
+    assert re.search(r" INFO zeroconf: Error with socket .*Network is unreachable$", log, re.M)
 
 
 def _run_pipe(args: list[str], head: list[str]) -> tuple[int, str, bytes]:
