@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.daemon import DEVICE_ID, TEST30
-from tests.net.conftest import _setns
+from tests.net.conftest import _disable_ipv6, _setns
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURE = ROOT / "tests" / "captures" / "pyatv-l16.pcap"
@@ -45,20 +45,13 @@ def namespace(loopback_ipv6: bool = False) -> Iterator[str]:
     ns = f"raopd-op-{os.getpid()}-{next(_names)}"
     _ip("netns", "add", ns)
     try:
+        if not loopback_ipv6:
+            _disable_ipv6(ns, "all", "default")
         _ip("-n", ns, "link", "set", "lo", "up")
-        for key in ("all", "default"):  # no link-local address appearing by itself
-            subprocess.run(
-                ["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"],
-                check=True,
-            )
         _ip("-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        _disable_ipv6(ns, "v0", "v1")  # no link-local address appearing by itself
         _ip("-n", ns, "link", "set", "v0", "up")
         _ip("-n", ns, "link", "set", "v1", "up")
-        if loopback_ipv6:
-            subprocess.run(
-                ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"],
-                check=True,
-            )
         yield ns
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
@@ -181,13 +174,9 @@ def test_an_interface_that_does_not_exist_is_a_config_error(tmp_path):
             cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE,
         )  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        "raopd: interface: no network interface named 'nosuch0' on this host "
-        "(there are: lo, v1, v0)"
-    ] or (
-        len(result.stderr.splitlines()) == 1
-        and result.stderr.startswith("raopd: interface: no network interface named 'nosuch0'")
-    ), result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("raopd: interface: no network interface named 'nosuch0' on this host")
+    assert "lo" in line  # it names the interfaces there are
 
 
 def test_no_address_is_not_ready_until_one_is_added(tmp_path):
