@@ -35,13 +35,14 @@ Modes, per pull (timed mode):
       the DAC-vs-sender clock difference, learnt from the error's trend rather than by an
       integrator, so noise on the reading does not wind anything up and the frames corrected are
       the ones the difference needs (`stats.drift_ppm` reports it);
-    * a **proportional** term, `kp_ppm_per_ms * error`, while the filtered error is outside the
-      band (and until it is back within a quarter of it): it works off a start error, a move of
+    * a **proportional** term, `kp_ppm_per_ms * (error -+ band / 2)`, from when the filtered
+      error leaves the band until it is back within half of it: it works off a start error, a move of
       the anchor or what the drift rate has not caught yet, with a 0.5 s time constant, capped
       at `max_slew_ppm` (0.5 %: a 10 ms error is gone in about 2 s).
-    The band is `tolerance` or three times the measured noise of the reading (the robust spread
-    of raw errors around the filtered one), whichever is larger (`stats.band_ms`): a DAC whose
-    delay reads with +-2 ms of noise must not be "corrected" by the noise. The total is capped
+    The band is `tolerance` or five times the measured noise of the filtered error (from the
+    robust spread of raw errors around it), whichever is larger (`stats.band_ms`): a DAC whose
+    delay reads with +-2 ms of noise must not be "corrected" by the noise. Nothing is corrected
+    in the first 16 pulls of a stream, before that noise is known. The total is capped
     at `max_correction_ppm` + `max_slew_ppm`. Corrections are whole frames (22.7 us at 44.1 kHz)
     inserted or dropped at spread positions (`pcm.stuff`), accumulated from the ppm so the
     average rate is exact.
@@ -147,7 +148,15 @@ ANCHOR_SLEW_LIMIT = 0.25
 """Moves of the estimate smaller than this (s; the anchor's own limit for a late stamp) are
 slewed to, however far past the resync threshold: a better anchor is not a discontinuity."""
 
+STEP_MIN = 0.001
+"""A jump of the uncorrected error (s) between two pulls beyond 4 bands and this is a step of
+the DAC position, kept out of the drift fit."""
+
 NOISE_WINDOW = 64
+BAND_NOISE = 5.0
+"""The band is this many standard deviations of the filtered error's noise."""
+NOISE_MIN = 16
+"""Pulls before the reading noise is known (0.74 s at 2048 frames): no correction before."""
 """Pulls over which the reading noise (raw error around the filtered one) is measured."""
 
 _STARTING = "starting"
@@ -171,6 +180,7 @@ class Playout:
         self._deviations: deque[float] = deque(maxlen=NOISE_WINDOW)  # raw - filtered error
         self._engaged = False  # the filtered error has left the band at least once
         self._slewing = False  # the proportional term is on
+        self._band = self.settings.tolerance  # the band in use (s)
         self._accumulator = 0.0  # fractional frames owed to correction
         self._corrected_s = 0.0  # s of audio dropped (+) or inserted (-) since the stream began
         self._explained = 0.0  # s of the current error that estimate moves explain
@@ -349,14 +359,21 @@ class Playout:
         """Update the reading noise, the band and the drift rate from one pull's error."""
         settings, stats = self.settings, self.stats
         self._deviations.append(error - median)
-        if len(self._deviations) >= 8:
-            spread = statistics.median(abs(d) for d in self._deviations) * 1.4826
-        else:
-            spread = 0.0
-        band = max(settings.tolerance, 3.0 * spread)
+        known = len(self._deviations) >= NOISE_MIN
+        # Robust standard deviation of one reading, then of the median of the window (x1.25
+        # / sqrt(n) for a median): the band is 4 of those, so noise alone leaves it about
+        # once in 30,000 pulls.
+        spread = statistics.median(abs(d) for d in self._deviations) * 1.4826
+        noise = spread * 1.2533 / math.sqrt(max(1, len(self._errors)))
+        band = max(settings.tolerance, BAND_NOISE * noise)
         stats.band_ms = band * 1e3
         trend = self._trend
-        trend.append((now, error + self._corrected_s + self._moved))
+        uncorrected = error + self._corrected_s + self._moved
+        if trend and abs(uncorrected - trend[-1][1]) > max(4.0 * band, STEP_MIN):
+            # The DAC position stepped (a reading no noise explains): not a drift, so the fit
+            # starts over past it; the proportional term works the step off.
+            trend.clear()
+        trend.append((now, uncorrected))
         while trend and trend[0][0] < now - settings.drift_window:
             trend.popleft()
         if len(trend) >= 16 and trend[-1][0] - trend[0][0] >= 2.0:
@@ -365,11 +382,14 @@ class Playout:
                 cap = settings.max_correction_ppm
                 self._rate = max(-cap, min(cap, slope * 1e6))
                 stats.drift_ppm = self._rate
+        if not known:
+            return  # the band is not known yet: nothing is corrected in the first pulls
         if abs(median) > band:
             self._engaged = True
             self._slewing = True
-        elif abs(median) < band / 4:
+        elif abs(median) < band / 2:
             self._slewing = False
+        self._band = band
 
     def _corrected(self, error: float, frames: int) -> tuple[Pcm, bool]:
         """One block under the drift rate and the proportional term: (pcm, whether frames were
@@ -379,7 +399,10 @@ class Playout:
         if self._engaged:
             ppm = self._rate
             if self._slewing:
-                slew = settings.kp_ppm_per_ms * error * 1e3
+                # Towards the middle half of the band, not its centre: within the band no
+                # reading is worth acting on.
+                target = math.copysign(self._band / 2, error)
+                slew = settings.kp_ppm_per_ms * (error - target) * 1e3
                 ppm += max(-settings.max_slew_ppm, min(settings.max_slew_ppm, slew))
         self.stats.correction_ppm = ppm
         self._accumulator += ppm * 1e-6 * frames

@@ -177,6 +177,8 @@ class Scenario:
     step: float = 0.060
     flush_at: float | None = None
     filter: str | None = None
+    delay_noise: float = 0.0
+    """Seconds by which each DAC delay reading is off, uniform +-: a noisy device reading."""
     sync_burst: float | None = None
     """Seconds between the sender's bursts: its sync stamps are that late at most."""
     settings: PlayoutSettings = field(default_factory=PlayoutSettings)
@@ -224,6 +226,7 @@ def simulate(s: Scenario) -> Result:
     sender = FakeSender(s.sender_ppm, burst=s.sync_burst, seed=s.seed)
     net = FakeNetwork(s.jitter, s.seed)
     wake = np.random.default_rng(s.seed + 1000)
+    reading = np.random.default_rng(s.seed + 3000)
     dac = FakeDac(s.dac_ppm)
     clock = ClockSync(RATE) if s.filter is None else ClockSync(RATE, filter=s.filter)
     playout = Playout(s.settings)
@@ -288,6 +291,10 @@ def simulate(s: Scenario) -> Result:
                 playout.push(rtp_add(sender.rtp0, pushed), encode(index))
                 pushed += 352
             delay = dac.delay(now)
+            if s.delay_noise:
+                # A reading that is off by up to +-delay_noise (the real queue is unchanged).
+                noise = float(reading.uniform(-s.delay_noise, s.delay_noise))
+                delay = max(0, delay + round(noise * RATE))
             pcm = playout.pull(now, delay, s.period)
             leave = dac.write(now, pcm)
             index = decode(pcm)
