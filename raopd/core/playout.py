@@ -36,8 +36,8 @@ Modes, per pull (timed mode):
       integrator, so noise on the reading does not wind anything up and the frames corrected are
       the ones the difference needs (`stats.drift_ppm` reports it);
     * a **proportional** term, `kp_ppm_per_ms * (error -+ band / 2)`, from when the filtered
-      error leaves the band until it is back within half of it: it works off a start error, a move of
-      the anchor or what the drift rate has not caught yet, with a 0.5 s time constant, capped
+      error leaves the band until it is back within half of it: it works off a start error, a
+      move of the anchor or what the drift rate has not caught yet, 0.5 s time constant, capped
       at `max_slew_ppm` (0.5 %: a 10 ms error is gone in about 2 s).
     The band is `tolerance` or five times the measured noise of the filtered error (from the
     robust spread of raw errors around it), whichever is larger (`stats.band_ms`): a DAC whose

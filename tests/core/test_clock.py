@@ -314,10 +314,8 @@ def test_a_real_step_of_the_sender_clock_is_followed_after_eight_exchanges():
         assert clock.stats.rejected == k + 1
     assert clock.stats.steps == 1
     # The anchor restarts with the next sync, stamped by the new clock.
-    clock.sync_received(
-        SyncPacket(1000, ns_to_ntp(SENDER_EPOCH + step_ns + round(now * 1e9)), rtp_add(1000, 77175)),
-        now,
-    )
+    stamp = ns_to_ntp(SENDER_EPOCH + step_ns + round(now * 1e9))
+    clock.sync_received(SyncPacket(1000, stamp, rtp_add(1000, 77175)), now)
     estimate = clock.estimate()
     assert estimate is not None
     assert estimate.offset_ns == pytest.approx(SENDER_EPOCH + step_ns, abs=200_000)
