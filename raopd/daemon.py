@@ -47,7 +47,7 @@ from raopd.net.server import RtspServer, ServerSettings
 from raopd.output.mixer import HardwareMixer
 from raopd.output.player import EndStream, Flush, OutputThread, Push, SetGain, UseClock
 from raopd.output.sinks import AlsaSink, AudioSink, FileSink
-from raopd.output.statistics import format_statistics
+from raopd.output.statistics import format_statistics, not_as_sent
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class DaemonState:
     counters: dict[str, int] = field(default_factory=dict)
     totals: metrics.SessionTotals = field(default_factory=metrics.SessionTotals)
     http: HttpServer | None = None
+    # Packets the playing session had not played as sent at the previous statistics line.
+    not_as_sent: tuple[RaopSession, int] | None = None
 
 
 def open_sink(config: Config) -> AudioSink:
@@ -235,11 +237,18 @@ def statistics_line(state: DaemonState) -> str:
     """The statistics line for what is playing now."""
     output = state.output.snapshot(reset=True) if state.output is not None else None
     session = state.playing
+    if session is None:
+        return format_statistics(output)
+    count = not_as_sent(session.audio_stats, session.jitter_stats)
+    previous = state.not_as_sent
+    before = previous[1] if previous is not None and previous[0] is session else 0
+    state.not_as_sent = (session, count)
     return format_statistics(
         output,
-        session.stats if session is not None else None,
-        session.jitter_stats if session is not None else None,
-        session.estimate if session is not None else None,
+        session.audio_stats,
+        session.jitter_stats,
+        session.estimate,
+        replaced_in_interval=count - before,
     )
 
 

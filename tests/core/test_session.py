@@ -417,4 +417,5 @@ def test_repair_window_leaves_the_release_margin_after_batched_reads(input_delay
     sync = SyncPacket(rtptime_at_ntp=1000, ntp=ns_to_ntp(sender_ns), rtptime_now=1000 + 77175)
     session.datagram_received(Channel.CONTROL, bytes(sync), SENDER_CONTROL, 1.001)
     assert session.estimate is not None
-    assert session._jitter.settings.repair_window == pytest.approx(window)
+    assert session.audio_path is not None
+    assert session.audio_path.jitter.settings.repair_window == pytest.approx(window)
