@@ -64,7 +64,7 @@ AUDIO_LATENCY_FRAMES = FIXED_LATENCY_FRAMES  # what every AP1 receiver reports i
 PUBLIC_METHODS = (
     "ANNOUNCE, SETUP, RECORD, PAUSE, FLUSH, TEARDOWN, OPTIONS, GET_PARAMETER, SET_PARAMETER"
 )
-DEFAULT_VOLUME = -15.0  # reported to GET_PARAMETER before a sender has set one
+DEFAULT_VOLUME = 0.0  # full scale until a sender sets a volume (some never do)
 # Audio must leave the jitter buffer this long before it is due: the playout queue and the
 # DAC buffer sit between the two.
 RELEASE_MARGIN = 0.5
@@ -443,6 +443,14 @@ class RaopSession:
         if self.state is State.CONNECTED or self.params is None:
             raise ProtocolError("SETUP before ANNOUNCE", status_hint=455)
         transport = request.headers.get("Transport") or ""
+        profile = transport.split(";", 1)[0].strip().upper()
+        if profile not in ("RTP/AVP", "RTP/AVP/UDP"):
+            # Audio over the RTSP connection (RTP/AVP/TCP, e.g. PipeWire's raop.transport =
+            # tcp) is not implemented: say so rather than answer with a UDP transport the
+            # sender never asked for and then stall.
+            raise ProtocolError(
+                f"transport {profile or '(none)'} unsupported, only RTP/AVP/UDP", status_hint=461
+            )
         options = _transport_options(transport)
         try:
             control_port = int(options.get("control_port", "0"))
@@ -512,6 +520,10 @@ class RaopSession:
             values = parse_parameters(request.body)
             if "volume" in values:
                 volume = parse_volume(values["volume"])
+                if volume != self.volume:
+                    logger.info(
+                        "[session %d] volume %.2f (was %.2f)", self.session_id, volume, self.volume
+                    )
                 self.volume = volume
                 self._events.append(VolumeChanged(volume))
             if "progress" in values:
@@ -555,6 +567,18 @@ class RaopSession:
         self, request: RtspRequest, headers: list[tuple[str, str]], now: float
     ) -> RtspResponse:
         return RtspResponse(200, headers)
+
+    def _auth_setup(
+        self, request: RtspRequest, headers: list[tuple[str, str]], now: float
+    ) -> RtspResponse:
+        # MFi-SAP needs Apple's authentication chip, and we do not advertise it (et has no
+        # 4). An AirPort Express without it answers 501; senders that try anyway (PipeWire's
+        # auth_setup mode) go on to ANNOUNCE without encryption whatever the answer is.
+        logger.info(
+            "[session %d] POST /auth-setup (MFi) not supported: 501, the sender goes on without",
+            self.session_id,
+        )
+        return RtspResponse(501, headers)
 
     # --------------------------------------------------------------- UDP side
 
@@ -634,6 +658,7 @@ _HANDLERS: dict[tuple[str, str | None], _Handler] = {
     ("GET_PARAMETER", None): RaopSession._get_parameter,
     ("GET", "/info"): RaopSession._info,
     ("POST", "/feedback"): RaopSession._feedback,
+    ("POST", "/auth-setup"): RaopSession._auth_setup,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import plistlib
 import random
@@ -419,3 +420,67 @@ def test_repair_window_leaves_the_release_margin_after_batched_reads(input_delay
     assert session.estimate is not None
     assert session.audio_path is not None
     assert session.audio_path.jitter.settings.repair_window == pytest.approx(window)
+
+
+def test_tcp_transport_is_refused_with_461_and_one_warning(caplog):
+    """Issue 9: a TCP-transport sender got 200 with a UDP transport back, then stalled."""
+    session = make_session()
+    body, _ = sdp(False)
+    exchange(session, request("ANNOUNCE", cseq=2, body=body, Content_Type="application/sdp"))
+    caplog.set_level(logging.WARNING, logger="raopd.core.session")
+    status, headers, _ = exchange(
+        session,
+        request("SETUP", cseq=3, Transport="RTP/AVP/TCP;unicast;interleaved=0-1;mode=record"),
+    )
+    assert status == 461 and "Transport" not in headers
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "RTP/AVP/TCP" in warnings[0].getMessage()
+    # The session is not broken: the sender may try UDP.
+    assert (
+        exchange(
+            session,
+            request("SETUP", cseq=4, Transport="RTP/AVP/UDP;unicast;control_port=1;timing_port=2"),
+        )[0]
+        == 200
+    )
+
+
+def test_pipewire_auth_setup_mode_plays():
+    """PipeWire's auth_setup mode: POST /auth-setup, then an unencrypted ANNOUNCE whose last
+    SDP line (min-latency) has no line ending; it ignores the auth-setup status."""
+    session = make_session()
+    assert exchange(session, request("POST", "/auth-setup", body=b"\x01" + bytes(32)))[0] == 501
+    body = (
+        b"v=0\r\no=iTunes 1 0 IN IP4 192.0.2.10\r\ns=iTunes\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+        b"m=audio 0 RTP/AVP 96\r\na=rtpmap:96 AppleLossless\r\n"
+        b"a=fmtp:96 352 0 16 40 10 14 2 255 0 0 44100\r\na=min-latency:11025"
+    )
+    assert (
+        exchange(session, request("ANNOUNCE", cseq=2, body=body, Content_Type="application/sdp"))[0]
+        == 200
+    )
+    assert session.params is not None and session.params.min_latency_frames == 11025
+    transport = (
+        "RTP/AVP/UDP;unicast;interleaved=0-1;mode=record;control_port=50001;timing_port=50002"
+    )
+    assert exchange(session, request("SETUP", cseq=3, Transport=transport))[0] == 200
+    assert exchange(session, request("RECORD", cseq=4, RTP_Info="seq=7;rtptime=0"))[0] == 200
+    pcm, packets = audio_datagrams(None, 7, 0, 20, np.random.default_rng(4))
+    for packet in packets:
+        session.datagram_received(Channel.AUDIO, bytes(packet), (PEER, 40000), 0.1)
+    out, _ = collect_audio(session)
+    assert np.array_equal(out, pcm)
+
+
+def test_volume_is_full_scale_until_the_sender_sets_one(caplog):
+    session = make_session()
+    start(session)
+    _, _headers, body = exchange(
+        session, request("GET_PARAMETER", body=b"volume\r\n", Content_Type="text/parameters")
+    )
+    assert body == b"volume: 0.000000\r\n"
+    caplog.set_level(logging.INFO, logger="raopd.core.session")
+    exchange(
+        session, request("SET_PARAMETER", body=b"volume: -20\r\n", Content_Type="text/parameters")
+    )
+    assert any("volume -20.00" in r.getMessage() for r in caplog.records)
