@@ -40,6 +40,7 @@ from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
 from raopd.core.volume import volume_to_gain
 from raopd.errors import OutputError
+from raopd.media import crypto
 from raopd.net.device_id import load_or_create_device_id
 from raopd.net.http import HttpServer
 from raopd.net.mdns import MdnsAdvertiser
@@ -306,6 +307,8 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             stats_task = asyncio.create_task(log_statistics(state, config.statistics_interval))
             stack.push_async_callback(_cancel, stats_task)
 
+        # The AirPort key loaded and RSA run once now, not while the first sender waits.
+        crypto.warm_up()
         server = RtspServer(
             receiver=receiver,
             settings=ServerSettings(
