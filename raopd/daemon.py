@@ -290,6 +290,7 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             state.http = http
 
         sink = open_sink(config)
+        sink_is_file = not sink.clocked
         stack.callback(sink.close)
         output = OutputThread(
             sink, playout_settings(config, sink.clocked), period_frames=config.period_frames
@@ -322,6 +323,9 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
                 session_timeout=config.session_timeout or float("inf"),
                 latency_offset=config.latency_offset,
                 initial_volume=config.default_volume,
+                # A file has no device buffer to keep ahead of; ALSA's as configured.
+                output_buffer_frames=0 if sink_is_file else config.buffer_frames,
+                output_period_frames=0 if sink_is_file else config.period_frames,
             ),
             arbiter=PlayArbiter(config.allow_session_interruption),
             on_event=router,

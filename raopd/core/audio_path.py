@@ -32,6 +32,7 @@ from raopd.core.audio_format import OUTPUT_CHANNELS, SAMPLE_DTYPE, SAMPLE_RATE
 from raopd.core.clock import ClockEstimate
 from raopd.core.events import AudioReady
 from raopd.core.jitter import JitterBuffer, JitterSettings, JitterStats, Lost
+from raopd.core.latency import LatencyBudget
 from raopd.core.packets import AudioPacket
 from raopd.core.seq import rtp_add, rtp_diff
 from raopd.errors import ProtocolError
@@ -129,8 +130,14 @@ class AudioPath:
         self._next_rtptime = None
         self._fill_pending = False
 
-    def set_repair_window(self, seconds: float) -> None:
-        self.jitter.set_repair_window(seconds)
+    def use_budget(self, budget: LatencyBudget) -> None:
+        """Repair window and resend timing from the stream's latency budget."""
+        self.jitter.set_timing(
+            repair_window=budget.repair_window,
+            resend_first_delay=budget.resend_first_delay,
+            resend_interval=budget.resend_interval,
+            resend_last_margin=budget.resend_last_margin,
+        )
 
     # ----------------------------------------------------------------- output
 

@@ -143,6 +143,23 @@ class JitterBuffer(Generic[P]):
         """Change how long gaps wait (the session ties it to the stream's latency)."""
         self.settings = replace(self.settings, repair_window=seconds)
 
+    def set_timing(
+        self,
+        *,
+        repair_window: float,
+        resend_first_delay: float,
+        resend_interval: float,
+        resend_last_margin: float,
+    ) -> None:
+        """Repair window and resend timing (from the stream's latency budget)."""
+        self.settings = replace(
+            self.settings,
+            repair_window=repair_window,
+            resend_first_delay=resend_first_delay,
+            resend_interval=resend_interval,
+            resend_last_margin=resend_last_margin,
+        )
+
     def reset(self, start_seq: int | None = None) -> None:
         """Forget everything (FLUSH). `start_seq` hints where the next stream begins."""
         self._drop_candidate()

@@ -41,6 +41,7 @@ from raopd.core.events import (
     VolumeChanged,
 )
 from raopd.core.jitter import JitterSettings, JitterStats
+from raopd.core.latency import LatencyBudget, latency_budget
 from raopd.core.ntp import seconds_to_ntp
 from raopd.core.packets import (
     AudioPacket,
@@ -65,9 +66,6 @@ PUBLIC_METHODS = (
     "ANNOUNCE, SETUP, RECORD, PAUSE, FLUSH, TEARDOWN, OPTIONS, GET_PARAMETER, SET_PARAMETER"
 )
 DEFAULT_VOLUME = 0.0  # full scale until a sender sets a volume (some never do)
-# Audio must leave the jitter buffer this long before it is due: the playout queue and the
-# DAC buffer sit between the two.
-RELEASE_MARGIN = 0.5
 
 
 class Channel(Enum):
@@ -110,10 +108,13 @@ class SessionSettings:
     session_timeout: float = 60.0  # seconds without audio or requests before a session ends
     latency_offset: float = 0.0  # seconds added to the sender's latency (+ plays later)
     initial_volume: float = DEFAULT_VOLUME
-    # How late the adapter may hand over an audio datagram (it reads in batches). A gap is
-    # noticed that much later, so its repair window is that much shorter: audio still leaves
-    # the jitter buffer RELEASE_MARGIN before it is due.
+    # The longest the adapter may batch audio datagrams (0: it hands each over at once).
+    # The stream's latency budget (core/latency.py) picks the batch delay up to this, and
+    # takes it off the repair window.
     input_delay: float = 0.0
+    # The output device's buffer and period, frames (0: a file, which has no lead).
+    output_buffer_frames: int = 0
+    output_period_frames: int = 0
 
 
 class State(Enum):
@@ -185,6 +186,7 @@ class RaopSession:
         self._last_activity = now
         # One AudioPath per stream (ANNOUNCE); counters carry over from stream to stream.
         self._audio: AudioPath | None = None
+        self._budget: LatencyBudget | None = None
         self.audio_stats = AudioStats()
         self._jitter_stats = JitterStats()
         self._clock: ClockSync | None = None
@@ -309,6 +311,18 @@ class RaopSession:
         return deadline
 
     @property
+    def input_batch_delay(self) -> float:
+        """How long the adapter should batch audio datagrams now (the latency budget's B)."""
+        if self._budget is None:
+            return self.settings.input_delay
+        return min(self._budget.batch_delay, self.settings.input_delay)
+
+    @property
+    def latency_budget(self) -> LatencyBudget | None:
+        """The current stream's latency budget (None before ANNOUNCE)."""
+        return self._budget
+
+    @property
     def audio_path(self) -> AudioPath | None:
         """The current stream's audio path (None before ANNOUNCE)."""
         return self._audio
@@ -427,6 +441,10 @@ class RaopSession:
         audio.stats = self.audio_stats
         audio.jitter.stats = self._jitter_stats
         self._audio = audio
+        # Until the clock says otherwise, assume the least a sender may allow: small batches
+        # cost a few wake-ups, large ones would make a low-latency sender underflow.
+        self._budget = None
+        self._use_latency((params.min_latency_frames or FIXED_LATENCY_FRAMES) / params.sample_rate)
         self._clock = ClockSync(
             min_latency_frames=params.min_latency_frames,
             max_latency_frames=params.max_latency_frames,
@@ -619,12 +637,33 @@ class RaopSession:
         estimate = self._clock.estimate()
         if estimate is not None and estimate is not self._estimate:
             self._estimate = estimate
-            latency = estimate.latency_frames / max(1, estimate.rate)
-            window = min(max(latency - RELEASE_MARGIN - self.settings.input_delay, 0.25), 4.0)
             if self._audio is not None:
                 self._audio.estimate = estimate
-                self._audio.set_repair_window(window)
+            self._use_latency(estimate.latency_frames / max(1, estimate.rate))
             self._events.append(ClockUpdated(estimate))
+
+    def _use_latency(self, latency: float) -> None:
+        """Share the sender's latency out between batching, repair and the output lead."""
+        settings = self.settings
+        budget = latency_budget(
+            latency,
+            max_batch_delay=settings.input_delay,
+            buffer_frames=settings.output_buffer_frames,
+            period_frames=settings.output_period_frames,
+        )
+        if budget == self._budget:
+            return
+        if self._budget is None or abs(budget.latency - self._budget.latency) > 0.01:
+            logger.info(
+                "[session %d] latency %.0f ms: batches of %.0f ms, repair window %.0f ms",
+                self.session_id,
+                budget.latency * 1e3,
+                budget.batch_delay * 1e3,
+                budget.repair_window * 1e3,
+            )
+        self._budget = budget
+        if self._audio is not None:
+            self._audio.use_budget(budget)
 
     # ---------------------------------------------------------------- helpers
 

@@ -403,10 +403,20 @@ def test_ten_thousand_bad_datagrams_never_raise_and_do_not_disturb_the_stream():
     assert np.array_equal(out, pcm)
 
 
-@pytest.mark.parametrize(("input_delay", "window"), [(0.0, 1.5), (0.25, 1.25)])
-def test_repair_window_leaves_the_release_margin_after_batched_reads(input_delay, window):
-    """Latency 2 s: gaps may wait 2 - 0.5 s, less however late the adapter hands packets over."""
-    session = make_session(input_delay=input_delay)
+@pytest.mark.parametrize(
+    ("input_delay", "buffer", "window", "batch"),
+    [
+        (0.0, 0, 2.0 - 0.03, 0.0),  # replay: no batching, no device
+        (0.25, 0, 2.0 - 0.25 - 0.03, 0.25),  # a file: 250 ms batches, no device lead
+        # ALSA, 8192-frame buffer written 2048 at a time: today's budget for a 2 s sender.
+        (0.25, 8192, 2.0 - 0.25 - 10240 / 44100 - 0.03, 0.25),
+    ],
+)
+def test_repair_window_is_what_the_latency_leaves(input_delay, buffer, window, batch):
+    """Latency 2 s: gaps may wait what batching, the device lead and a safety margin leave."""
+    session = make_session(
+        input_delay=input_delay, output_buffer_frames=buffer, output_period_frames=2048
+    )
     start(session, encrypted=False)
     session.handle_timer(1.0)  # sends the first timing request
     requests = [p for c, p, _ in session.datagrams_to_send() if c is Channel.TIMING]
@@ -420,6 +430,7 @@ def test_repair_window_leaves_the_release_margin_after_batched_reads(input_delay
     assert session.estimate is not None
     assert session.audio_path is not None
     assert session.audio_path.jitter.settings.repair_window == pytest.approx(window)
+    assert session.input_batch_delay == pytest.approx(batch)
 
 
 def test_tcp_transport_is_refused_with_461_and_one_warning(caplog):
@@ -484,3 +495,24 @@ def test_volume_is_full_scale_until_the_sender_sets_one(caplog):
         session, request("SET_PARAMETER", body=b"volume: -20\r\n", Content_Type="text/parameters")
     )
     assert any("volume -20.00" in r.getMessage() for r in caplog.records)
+
+
+def test_a_sender_with_sync_latency_0_gets_a_250ms_budget():
+    """PipeWire's sync packets carry latency 0: 11025 frames (250 ms) from sync to playing."""
+    session = make_session(input_delay=0.25, output_buffer_frames=8192, output_period_frames=2048)
+    start(session, encrypted=False)
+    session.handle_timer(1.0)
+    requests = [p for c, p, _ in session.datagrams_to_send() if c is Channel.TIMING]
+    origin = TimingPacket.parse(requests[-1]).transmit
+    sender_ns = 9 * 10**18
+    answer = TimingPacket(True, origin, ns_to_ntp(sender_ns), ns_to_ntp(sender_ns))
+    session.datagram_received(Channel.TIMING, bytes(answer), (PEER, 50002), 1.0002)
+    sync = SyncPacket(rtptime_at_ntp=1000, ntp=ns_to_ntp(sender_ns), rtptime_now=1000)
+    session.datagram_received(Channel.CONTROL, bytes(sync), SENDER_CONTROL, 1.001)
+    budget = session.latency_budget
+    assert budget is not None and budget.latency == pytest.approx(0.25)
+    assert session.input_batch_delay == pytest.approx(0.03125)
+    assert session.audio_path is not None
+    settings = session.audio_path.jitter.settings
+    assert 0.08 < settings.repair_window < 0.1
+    assert settings.resend_first_delay < settings.repair_window / 2
