@@ -500,6 +500,8 @@ class RaopSession:
         self._jitter.reset()
         self._next_rtptime = None
         self._fill_pending = False
+        if self._clock is not None:
+            self._clock.flushed()  # the sender may resume on a new RTP timeline
         if rtptime is not None:
             self._start_at(seq, rtptime)
         self._events.append(Flushed(rtptime))
