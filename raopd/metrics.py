@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from raopd import __version__
-from raopd.core.events import Event, SessionEnded, VolumeChanged
+from raopd.core.events import EndReason, Event, SessionEnded, VolumeChanged
 from raopd.core.session import RaopSession, State
 from raopd.net.http import Response, Route
 
@@ -41,15 +41,8 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEARTBEAT_STALE = 5.0  # seconds: the output loop ticks at least every 0.5 s when healthy
 
-# SessionEnded reasons as the session words them -> the label value. Anything else is "other",
-# so an unexpected reason cannot add series.
-END_REASONS = {
-    "teardown": "teardown",
-    "connection closed": "connection_closed",
-    "timed out": "timed_out",
-    "interrupted by another sender": "interrupted",
-}
-END_REASON_LABELS = (*END_REASONS.values(), "other")
+# One label value per EndReason: the set is fixed, so no reason can add series.
+END_REASON_LABELS = tuple(reason.value for reason in EndReason)
 
 EventSink = Callable[[RaopSession, Event], None]
 
@@ -78,7 +71,7 @@ class SessionTotals:
             self.volume = event.volume
         elif isinstance(event, SessionEnded) and session not in self._folded:
             self._folded.add(session)
-            self.ended[END_REASONS.get(event.reason, "other")] += 1
+            self.ended[event.reason.value] += 1
             self.session.update(asdict(session.stats))
             self.jitter.update(asdict(session.jitter_stats))
 
