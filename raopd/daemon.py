@@ -304,10 +304,12 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
                 port=config.port,
                 udp_port_base=config.udp_port_base,
                 udp_port_range=config.udp_port_range,
+                max_per_address=config.max_connections_per_address,
             ),
             session_settings=SessionSettings(
                 jitter=JitterSettings(resend=config.resend),
                 session_timeout=config.session_timeout or float("inf"),
+                idle_timeout=config.idle_timeout,
                 latency_offset=config.latency_offset,
                 initial_volume=config.default_volume,
             ),

@@ -838,7 +838,6 @@ class RaopSession:
         self._jitter.reset(start_seq=seq)
 
 
-
 _Handler = Callable[[RaopSession, RtspRequest, list[tuple[str, str]], float], RtspResponse]
 
 _HANDLERS: dict[tuple[str, str | None], _Handler] = {
