@@ -52,6 +52,7 @@ from raopd.output.statistics import format_statistics
 logger = logging.getLogger(__name__)
 
 OUTPUT_STOP_TIMEOUT = 1.0  # seconds; shutdown must finish within 2 s in all
+OUTPUT_WATCH_INTERVAL = 0.5  # seconds between checks of the output's health
 
 
 @dataclass(slots=True)
@@ -251,10 +252,38 @@ async def log_statistics(state: DaemonState, interval: float) -> None:
             logger.info("statistics: %s", statistics_line(state))
 
 
+async def watch_output(state: DaemonState, arbiter: PlayArbiter[RaopSession]) -> None:
+    """Refuse new streams (503) while the output cannot take audio, and say why once.
+
+    A failed output is a health fault, not a silent sink: a disk that is full, a pipe nobody
+    reads, an output thread that stopped. The check runs every OUTPUT_WATCH_INTERVAL; the
+    sink itself notices when it works again.
+    """
+    while True:
+        output = state.output
+        fault: str | None = None
+        if output is not None:
+            fault = output.snapshot().fault
+            if fault is None and not output.alive:
+                fault = "the audio output thread stopped"
+        if fault != arbiter.output_fault:
+            if fault is None:
+                logger.info("audio output works again: accepting streams")
+            else:
+                logger.error("audio output failed (%s): refusing new streams", fault)
+            arbiter.output_fault = fault
+        await asyncio.sleep(OUTPUT_WATCH_INTERVAL)
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _hangup(shutdown: asyncio.Event) -> None:
+    logger.info("SIGHUP: shutting down cleanly to be restarted with the new configuration")
+    shutdown.set()
 
 
 async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
@@ -264,6 +293,10 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         shutdown = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, shutdown.set)
+        # SIGHUP: nothing raopd holds can be swapped safely in place (ports, device, name), so
+        # it is a clean shutdown (goodbye over mDNS, a complete WAV) for the service manager
+        # to restart with the new configuration, rather than death by the default action.
+        loop.add_signal_handler(signal.SIGHUP, _hangup, shutdown)
     hw_addr = load_or_create_device_id(config.state_dir, config.device_id)
     receiver = ReceiverInfo(name=config.name, hw_addr=hw_addr, password=config.password)
     state = DaemonState(config=config, receiver=receiver)
@@ -297,6 +330,9 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             stats_task = asyncio.create_task(log_statistics(state, config.statistics_interval))
             stack.push_async_callback(_cancel, stats_task)
 
+        arbiter: PlayArbiter[RaopSession] = PlayArbiter(config.allow_session_interruption)
+        watch_task = asyncio.create_task(watch_output(state, arbiter))
+        stack.push_async_callback(_cancel, watch_task)
         server = RtspServer(
             receiver=receiver,
             settings=ServerSettings(
@@ -313,7 +349,7 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
                 latency_offset=config.latency_offset,
                 initial_volume=config.default_volume,
             ),
-            arbiter=PlayArbiter(config.allow_session_interruption),
+            arbiter=arbiter,
             on_event=router,
         )
         server.on_event = state.totals.wrap(server.on_event)  # session totals for /metrics

@@ -118,6 +118,8 @@ def readiness(state: DaemonState) -> tuple[bool, list[str]]:
         missing.append("mDNS service not registered")
     if state.output is None or not sink_opened(state.output.sink):
         missing.append("audio device not open")
+    elif (fault := state.output.snapshot().fault) is not None:
+        missing.append(f"audio output failed: {fault}")
     return not missing, missing
 
 
@@ -268,23 +270,43 @@ class DaemonCollector(Collector):
         yield _gauge("raopd_output_thread_alive", "1 while the audio output thread runs", alive)
         if output is None:
             return
+        # Everything below comes from the thread's locked snapshot, never its live objects.
+        snap = output.snapshot()
         yield _gauge(
             "raopd_output_heartbeat_age_seconds",
             "Seconds since the audio output thread last went round its loop",
-            max(0.0, time.monotonic() - output.heartbeat),
+            max(0.0, time.monotonic() - snap.heartbeat),
         )
+        yield _gauge("raopd_audio_device_open", "1 while the audio device is open", snap.opened)
         yield _gauge(
-            "raopd_audio_device_open", "1 while the audio device is open", sink_opened(output.sink)
+            "raopd_output_failed",
+            "1 while the output cannot take audio (disk full, broken pipe)",
+            snap.fault is not None,
         )
         yield _counter(
-            "raopd_output_frames", "Frames written to the audio output", output.frames_written
+            "raopd_output_frames", "Frames written to the audio output", snap.frames_written
         )
         yield _counter(
             "raopd_output_underruns",
             "ALSA underruns (the device ran dry)",
-            int(getattr(output.sink, "underruns", 0)),
+            snap.sink.underruns if snap.sink is not None else 0,
         )
-        stats = output.playout.stats
+        yield _counter(
+            "raopd_output_errors",
+            "Rounds of the output loop that failed and were survived",
+            snap.errors,
+        )
+        yield _counter(
+            "raopd_output_rejected_frames",
+            "Frames dropped by the output: not 16-bit stereo",
+            snap.rejected_frames,
+        )
+        yield _counter(
+            "raopd_output_fault_dropped_frames",
+            "Frames dropped while the output failed (disk full, broken pipe)",
+            snap.sink_dropped_frames,
+        )
+        stats = snap.playout
         yield _gauge(
             "raopd_sync_error_seconds",
             "Recent median playout timing error, positive = late",

@@ -176,6 +176,7 @@ def test_output_metrics(output):
     assert "raopd_drift_ppm" not in values  # unknown until measured: no sample, not NaN
     output.playout.stats.source_drift_ppm = 12.5
     output.playout.stats.sync_error_ms = -1.5
+    output._publish()  # what the output thread does after each block: /metrics reads that
     values = scrape(state)
     assert values["raopd_drift_ppm"] == 12.5 and values["raopd_sync_error_seconds"] == -0.0015
     assert values[f'raopd_build_info{{version="{__version__}"}}'] == 1
