@@ -191,7 +191,7 @@ class Config:
         _float_range(1.0, 3600.0, " s"),
     )
     max_connections_per_address: int = _setting(
-        8,
+        4,
         "int",
         "RTSP connections one address may hold (a new one closes its oldest idle one)",
         _int_range(1, 32),

@@ -38,8 +38,10 @@ from raopd.core.jitter import JitterSettings
 from raopd.core.playout import PlayoutSettings
 from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
+from raopd.core.sessionlog import clip
 from raopd.core.volume import volume_to_gain
 from raopd.errors import OutputError
+from raopd.media.crypto import airport_key
 from raopd.net.device_id import load_or_create_device_id
 from raopd.net.http import HttpServer
 from raopd.net.mdns import MdnsAdvertiser
@@ -52,7 +54,7 @@ from raopd.output.statistics import format_statistics
 logger = logging.getLogger(__name__)
 
 OUTPUT_STOP_TIMEOUT = 1.0  # seconds; shutdown must finish within 2 s in all
-OUTPUT_WATCH_INTERVAL = 0.5  # seconds between checks of the output's health
+OUTPUT_WATCH_INTERVAL = 0.5  # seconds between looks at the output's health, for the log
 
 
 @dataclass(slots=True)
@@ -149,19 +151,18 @@ class EventRouter:
         elif isinstance(event, StreamStarted):
             self.state.sessions_started += 1
             self.state.playing = session
-            logger.info(
-                "[session %d] playing %s%s from %s (%s)",
-                session.session_id,
+            session.log.info(
+                "playing %s%s from %s (%s)",
                 event.params.codec.name,
                 ", encrypted" if event.params.encrypted else "",
-                event.client_name or session.peer_ip,
-                event.user_agent or "unknown sender",
+                clip(event.client_name or session.peer_ip),
+                clip(event.user_agent or "unknown sender"),
             )
         elif isinstance(event, MetadataReceived):
             md = event.metadata
             text = " - ".join(x for x in (md.title, md.artist, md.album) if x)
             if text:
-                logger.info("[session %d] now playing: %s", session.session_id, text)
+                session.log.info("now playing: %s", clip(text))
         elif isinstance(event, SessionEnded) and self.state.playing is session:
             self.state.playing = None
             output.submit(EndStream())
@@ -252,26 +253,17 @@ async def log_statistics(state: DaemonState, interval: float) -> None:
             logger.info("statistics: %s", statistics_line(state))
 
 
-async def watch_output(state: DaemonState, arbiter: PlayArbiter[RaopSession]) -> None:
-    """Refuse new streams (503) while the output cannot take audio, and say why once.
-
-    A failed output is a health fault, not a silent sink: a disk that is full, a pipe nobody
-    reads, an output thread that stopped. The check runs every OUTPUT_WATCH_INTERVAL; the
-    sink itself notices when it works again.
-    """
+async def watch_output(state: DaemonState) -> None:
+    """Log when the output fails and when it works again, once each."""
+    previous: str | None = None
     while True:
-        output = state.output
-        fault: str | None = None
-        if output is not None:
-            fault = output.snapshot().fault
-            if fault is None and not output.alive:
-                fault = "the audio output thread stopped"
-        if fault != arbiter.output_fault:
+        fault = metrics.output_fault(state)
+        if fault != previous:
             if fault is None:
                 logger.info("audio output works again: accepting streams")
             else:
                 logger.error("audio output failed (%s): refusing new streams", fault)
-            arbiter.output_fault = fault
+            previous = fault
         await asyncio.sleep(OUTPUT_WATCH_INTERVAL)
 
 
@@ -331,8 +323,11 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             stack.push_async_callback(_cancel, stats_task)
 
         arbiter: PlayArbiter[RaopSession] = PlayArbiter(config.allow_session_interruption)
-        watch_task = asyncio.create_task(watch_output(state, arbiter))
+        arbiter.fault_source = lambda: metrics.output_fault(state)
+        watch_task = asyncio.create_task(watch_output(state))
         stack.push_async_callback(_cancel, watch_task)
+        # Load the RSA key now (150 ms): the first sender must not pay for it on the loop.
+        airport_key()
         server = RtspServer(
             receiver=receiver,
             settings=ServerSettings(

@@ -37,6 +37,7 @@ from raopd.net.http import Response, Route
 if TYPE_CHECKING:
     from raopd.daemon import DaemonState
 
+
 # The classic text format every Prometheus version reads; our names need nothing newer.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEARTBEAT_STALE = 5.0  # seconds: the output loop ticks at least every 0.5 s when healthy
@@ -109,6 +110,19 @@ def health(state: DaemonState, now: float | None = None) -> tuple[bool, list[str
     return True, []
 
 
+def output_fault(state: DaemonState) -> str | None:
+    """Why the output cannot take audio now (disk full, broken pipe, thread gone), or None.
+
+    The one definition /readyz and ANNOUNCE (through the arbiter's fault_source) both read.
+    """
+    output = state.output
+    if output is None:
+        return None
+    if not output.alive:
+        return "the audio output thread stopped"
+    return output.snapshot().fault
+
+
 def readiness(state: DaemonState) -> tuple[bool, list[str]]:
     """(ready, what is not ready yet): RTSP listening, mDNS registered, audio device open."""
     missing: list[str] = []
@@ -118,7 +132,7 @@ def readiness(state: DaemonState) -> tuple[bool, list[str]]:
         missing.append("mDNS service not registered")
     if state.output is None or not sink_opened(state.output.sink):
         missing.append("audio device not open")
-    elif (fault := state.output.snapshot().fault) is not None:
+    elif (fault := output_fault(state)) is not None:
         missing.append(f"audio output failed: {fault}")
     return not missing, missing
 

@@ -5,12 +5,14 @@ with interruption allowed), `claim()` hands the displaced session back; whoever 
 server, through the session) ends it under its own guard. `take_displaced()` returns the
 sessions displaced since the last call, for adapters that collect them after each step.
 
-It also holds the one fact every session must respect before it starts a stream: whether
-the audio output can take audio at all (`output_fault`, set by the daemon).
+It also answers the one question every session must ask before it starts a stream: can the
+audio output take audio at all? (`output_fault`, read through the callable the daemon sets
+in `fault_source`, so that /readyz and ANNOUNCE always agree.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 S = TypeVar("S")
@@ -24,7 +26,12 @@ class PlayArbiter(Generic[S]):
         self._owner: S | None = None
         self._displaced: list[S] = []
         # Why the output cannot play (disk full, broken pipe, device gone); None when it can.
-        self.output_fault: str | None = None
+        self.fault_source: Callable[[], str | None] | None = None
+
+    @property
+    def output_fault(self) -> str | None:
+        """Why no stream may start now, or None."""
+        return self.fault_source() if self.fault_source is not None else None
 
     @property
     def owner(self) -> S | None:

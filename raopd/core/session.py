@@ -73,6 +73,9 @@ PUBLIC_METHODS = (
 )
 DEFAULT_VOLUME = -15.0  # reported to GET_PARAMETER before a sender has set one
 REALM = "raop"  # the Digest realm every AirPlay 1 receiver uses
+# Requests answered per input step: a pipelined flood is answered a slice at a time, the
+# adapter going back to its event loop in between (see `backlogged`).
+MAX_REQUESTS_PER_STEP = 16
 # A gap in RTP time larger than this is a new timeline, not missing audio to fill with silence.
 MAX_FILL_FRAMES = 5 * 44100
 # Audio must leave the jitter buffer this long before it is due: the playout queue and the
@@ -238,6 +241,9 @@ class RaopSession:
         # An Apple-Challenge waiting for its signature (defer_signatures): the adapter signs
         # it off the event loop and hands the result to signature_made().
         self.signature_wanted: str | None = None
+        # True when requests already read wait only for their turn (MAX_REQUESTS_PER_STEP):
+        # the adapter calls resume() once other work had its chance and the peer reads.
+        self.backlogged = False
 
         self._reader = RtspReader()
         self._out = bytearray()
@@ -283,8 +289,13 @@ class RaopSession:
 
     @property
     def wants_input(self) -> bool:
-        """False while requests already read wait (throttled or signing): stop reading."""
-        return not self.should_close and self._pending is None
+        """False while requests already read wait (throttled, signing, backlog): stop reading."""
+        return not self.should_close and self._pending is None and not self.backlogged
+
+    def resume(self, now: float) -> None:
+        """Answer the next slice of a backlog of pipelined requests."""
+        self.backlogged = False
+        self._process_requests(now)
 
     def signature_made(self, apple_response: str | None, now: float) -> None:
         """The adapter's answer to `signature_wanted` (None: the challenge was unusable)."""
@@ -295,8 +306,12 @@ class RaopSession:
         self._process_requests(now)
 
     def _process_requests(self, now: float) -> None:
-        """Answer every complete request that may be answered now, in order."""
+        """Answer the complete requests that may be answered now, in order, a slice a step."""
+        answered = 0
         while not self.should_close:
+            if answered >= MAX_REQUESTS_PER_STEP:
+                self.backlogged = True
+                return
             request = self._pending
             if request is None:
                 try:
@@ -319,6 +334,7 @@ class RaopSession:
             self._pending = None
             self._out += bytes(self._handle_request(request, now))
             self._signature, self._signed = None, False
+            answered += 1
 
     def _ready_to_answer(self, request: RtspRequest, now: float) -> bool:
         """Gates before a request is handled: Digest back-off, then the RSA signature."""
@@ -333,6 +349,15 @@ class RaopSession:
             if allowed_at > now:
                 self._hold_until = allowed_at
                 return False
+        # An encrypted ANNOUNCE costs an RSA decryption (inline, ~30 ms on a Pi): it spends
+        # from the same per-address budget as a challenge.
+        if request.method == "ANNOUNCE" and b"rsaaeskey" in request.body and not self._signed:
+            retry_at = self.throttle.take_challenge(self.peer_ip, now)
+            if retry_at is not None:
+                self._hold_until = retry_at
+                return False
+            if request.headers.get("Apple-Challenge") is None:
+                self._signed = True  # budget spent for this request
         challenge = request.headers.get("Apple-Challenge")
         if challenge is not None and not self._signed:
             retry_at = self.throttle.take_challenge(self.peer_ip, now)

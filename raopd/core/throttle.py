@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-CHALLENGE_RATE = 4.0  # signatures per second per address, sustained (a sender needs one or two)
-CHALLENGE_BURST = 8.0
+CHALLENGE_RATE = 2.0  # signatures per second per address, sustained (a sender needs one or two)
+CHALLENGE_BURST = 3.0  # iTunes: one on its probe connection, one on the session
 AUTH_BASE_DELAY = 0.5  # seconds after the first wrong answer
 AUTH_MAX_DELAY = 30.0  # a guesser gets two tries a minute at most
 MAX_PEERS = 1024

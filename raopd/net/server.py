@@ -52,7 +52,7 @@ from raopd.media.crypto import apple_response
 logger = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 32  # each holds three UDP ports; senders open one or two at a time
-MAX_PER_ADDRESS = 8  # a sender needs two; the rest of the table stays free for others
+MAX_PER_ADDRESS = 4  # a sender needs two; the rest of the table stays free for others
 # Audio datagrams are read in batches, this long after the first one of a batch arrives.
 # Each wake-up starts with cold caches: here the first ALAC packet decoded after a 100 ms
 # sleep cost 300-400 us against 55 us for the next ones, and every stage (parsing, AES,
@@ -207,6 +207,7 @@ class RtspConnection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._signing = False
+        self._resume_scheduled = False
         # RTSP bytes that arrive while the UDP sockets are still being bound.
         self._early: list[bytes] = []
 
@@ -255,7 +256,22 @@ class RtspConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._schedule_resume()
         self._update_reading()
+
+    def _schedule_resume(self) -> None:
+        """Answer the next slice of pipelined requests after the loop's other work."""
+        session = self.session
+        if session is None or not session.backlogged or self._write_paused:
+            return
+        if not self._resume_scheduled:
+            self._resume_scheduled = True
+            self.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._resume_scheduled = False
+        if not self._write_paused:
+            self._guarded(lambda s: s.resume(self.loop.time()))
 
     # UDP
 
@@ -281,6 +297,8 @@ class RtspConnection(asyncio.Protocol):
     async def _open(self) -> None:
         """Bind the UDP channels, make the session, then feed it what already arrived."""
         assert self.transport is not None
+        if self._closed:
+            return  # evicted or gone before its turn came: no ports for it
         sockname = self.transport.get_extra_info("sockname")
         peername = self.transport.get_extra_info("peername")
         try:
@@ -391,6 +409,7 @@ class RtspConnection(asyncio.Protocol):
         if session.should_close:
             self._finish(session.end_reason or EndReason.CONNECTION_CLOSED)
             return
+        self._schedule_resume()
         self._update_reading()
         self._arm_timer()
 

@@ -216,6 +216,7 @@ class OutputThread:
                 command = self._queue.get(timeout=IDLE_POLL)
             except queue.Empty:
                 self.heartbeat = self._clock()
+                self.sink.reopen_if_due()  # a faulted file looks whether it works again
                 continue
             self.heartbeat = self._clock()
             if isinstance(command, Stop):

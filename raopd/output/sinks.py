@@ -174,6 +174,22 @@ class FileSink:
         return time.monotonic(), 0
 
     def reopen_if_due(self) -> bool:
+        """While faulted, look (every retry_interval) whether the disk has room again.
+
+        Without this a full disk could never recover: new streams are refused while the
+        output is faulted, so no write would come to find out.
+        """
+        if self.fault is not None and self._fd is not None and self.path != "-":
+            now = time.monotonic()
+            if now >= self._retry_at:
+                self._retry_at = now + self.retry_interval
+                try:
+                    fs = os.fstatvfs(self._fd)
+                except OSError:
+                    return self.opened
+                if fs.f_bavail * fs.f_frsize >= RECOVERY_FREE_BYTES:
+                    logger.warning("output %s has room again", self.description)
+                    self.fault = None
         return self.opened
 
     def stop(self) -> None:
@@ -191,6 +207,7 @@ class FileSink:
 
 
 WAV_HEADER_BYTES = 44
+RECOVERY_FREE_BYTES = RATE * CHANNELS * 2  # a second of audio free: try writing again
 
 
 def _wav_header(data_bytes: int) -> bytes:
