@@ -53,7 +53,8 @@ logger = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 32  # each holds three UDP ports; senders open one or two at a time
 MAX_PER_ADDRESS = 4  # a sender needs two; the rest of the table stays free for others
-# Audio datagrams are read in batches, this long after the first one of a batch arrives.
+# Audio datagrams are read in batches, at most this long after the first one of a batch
+# arrives: each stream's latency budget (core/latency.py) picks its own delay up to this.
 # Each wake-up starts with cold caches: here the first ALAC packet decoded after a 100 ms
 # sleep cost 300-400 us against 55 us for the next ones, and every stage (parsing, AES,
 # events, the output thread) pays the same again. Per-packet wake-ups cost 5.5 s of CPU per
@@ -400,6 +401,10 @@ class RtspConnection(asyncio.Protocol):
                 addr = (host, port, 0, self._scope_id)
             udp.sendto(payload, addr)
         self._route_events()
+        audio = self.channels.get(Channel.AUDIO)
+        if isinstance(audio, BatchedUdpChannel):
+            # The stream's latency budget decides how long audio may wait to be read.
+            audio.delay = session.input_batch_delay
         if session.signature_wanted is not None and not self._signing:
             self._signing = True
             self.server.track(self.loop.create_task(self._sign(session.signature_wanted)))
