@@ -147,7 +147,11 @@ class EventRouter:
             return
         self._submit_pending()  # everything else keeps its order relative to the audio
         if isinstance(event, Flushed):
-            output.submit(Flush(event.until_rtptime))
+            # Only the stream that plays may move the output's flush point: a FLUSH before
+            # RECORD has nothing there to drop, and its point would outlive the session
+            # (nothing ends a stream that never started) and swallow the next sender's audio.
+            if self.state.playing is session:
+                output.submit(Flush(event.until_rtptime))
         elif isinstance(event, VolumeChanged):
             self.set_volume(event.volume)
         elif isinstance(event, StreamStarted):

@@ -195,6 +195,17 @@ _SESSION_COUNTERS = (
     ("bad_datagrams", "bad_datagrams", "UDP datagrams dropped as malformed or unexpected"),
     ("foreign_datagrams", "foreign_datagrams", "UDP datagrams dropped: not from the sender"),
     ("resend_request_datagrams", "resend_datagrams", "Resend request datagrams sent"),
+    (
+        "rtsp_refused_in_state",
+        "refused_in_state",
+        "RTSP requests refused 455: not valid in the session's state",
+    ),
+    (
+        "rtsp_refused_not_playing",
+        "refused_not_playing",
+        "RTSP requests refused 453: stream requests from a session without the play lock",
+    ),
+    ("rtsp_auth_failures", "auth_failures", "Wrong Digest answers"),
 )
 _AUDIO_COUNTERS = (
     ("packets_resent", "resent_packets", "Audio packets received as resends"),
@@ -311,6 +322,27 @@ class DaemonCollector(Collector):
             "Event-loop time spent on sender input: RTSP, datagram parsing, jitter buffer, "
             "decryption and decoding, and handing audio to the output thread",
             server.busy_seconds if server is not None else 0.0,
+        )
+        yield _counter(
+            "raopd_rtsp_connections_evicted",
+            "Idle RTSP connections closed to make room for new ones",
+            server.evicted if server is not None else 0,
+        )
+        yield _counter(
+            "raopd_rtsp_connections_refused",
+            "RTSP connections refused at accept: over the limits, nothing to evict",
+            server.refused if server is not None else 0,
+        )
+        yield _counter(
+            "raopd_rsa_requests_delayed",
+            "RTSP requests held for the per-address RSA budget (challenges, encrypted ANNOUNCE)",
+            server.throttle.challenges_delayed if server is not None else 0,
+        )
+        http = state.http
+        yield _counter(
+            "raopd_http_connections_evicted",
+            "HTTP clients closed while waiting for their request head, to make room",
+            http.evicted if http is not None else 0,
         )
 
         volume = totals.volume if totals.volume is not None else state.config.default_volume

@@ -534,6 +534,23 @@ def digest_answer(password: str, nonce: str, method: str, uri: str, realm: str =
     )
 
 
+async def test_interruption_ends_the_displaced_session_and_the_newcomer_plays(start_daemon, clip):
+    """With interruption allowed, the arbiter hands the displaced session back and the server
+    ends it under its own connection's guard (before: the core called into the adapter)."""
+    daemon, _ = await start(start_daemon, "--allow-interruption")
+    first = RaopSender("127.0.0.1", daemon.port, options(speed=1.0))
+    await asyncio.wait_for(first.connect(), ACCEPT_WITHIN)
+    playing = asyncio.create_task(first.play(clip(0.0, 6.0)))
+    await daemon_log(daemon, r"\[session 1\] playing ALAC")
+    pcm = clip(20.0, 1.0)
+    await legitimate(daemon, pcm)
+    await daemon_log(daemon, r"\[session 1\] ended: interrupted")
+    with contextlib.suppress(SenderError, OSError):
+        await playing
+    await first.close()
+    await finish(daemon, pcm)
+
+
 # ------------------------------------------------------------------------------- polling
 
 
