@@ -40,6 +40,7 @@ from raopd.core.jitter import JitterSettings
 from raopd.core.playout import PlayoutSettings
 from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
+from raopd.core.sessionlog import clip
 from raopd.core.volume import volume_to_gain
 from raopd.errors import ConfigError, OutputError
 from raopd.media import crypto
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_STOP_TIMEOUT = 1.0  # seconds; shutdown must finish within 2 s in all
 READINESS_POLL = 0.5  # seconds between readiness checks for the "ready"/"not ready" log line
+OUTPUT_WATCH_INTERVAL = 0.5  # seconds between looks at the output's health, for the log
 
 
 @dataclass(slots=True)
@@ -154,25 +156,28 @@ class EventRouter:
             return
         self._submit_pending()  # everything else keeps its order relative to the audio
         if isinstance(event, Flushed):
-            output.submit(Flush(event.until_rtptime))
+            # Only the stream that plays may move the output's flush point: a FLUSH before
+            # RECORD has nothing there to drop, and its point would outlive the session
+            # (nothing ends a stream that never started) and swallow the next sender's audio.
+            if self.state.playing is session:
+                output.submit(Flush(event.until_rtptime))
         elif isinstance(event, VolumeChanged):
             self.set_volume(event.volume)
         elif isinstance(event, StreamStarted):
             self.state.sessions_started += 1
             self.state.playing = session
-            logger.info(
-                "[session %d] playing %s%s from %s (%s)",
-                session.session_id,
+            session.log.info(
+                "playing %s%s from %s (%s)",
                 event.params.codec.name,
                 ", encrypted" if event.params.encrypted else "",
-                event.client_name or session.peer_ip,
-                event.user_agent or "unknown sender",
+                clip(event.client_name or session.peer_ip),
+                clip(event.user_agent or "unknown sender"),
             )
         elif isinstance(event, MetadataReceived):
             md = event.metadata
             text = " - ".join(x for x in (md.title, md.artist, md.album) if x)
             if text:
-                logger.info("[session %d] now playing: %s", session.session_id, text)
+                session.log.info("now playing: %s", clip(text))
         elif isinstance(event, SessionEnded) and self.state.playing is session:
             self.state.playing = None
             output.submit(EndStream())
@@ -315,10 +320,29 @@ async def log_readiness(state: DaemonState, interval: float = READINESS_POLL) ->
         await asyncio.sleep(interval)
 
 
+async def watch_output(state: DaemonState) -> None:
+    """Log when the output fails and when it works again, once each."""
+    previous: str | None = None
+    while True:
+        fault = metrics.output_fault(state)
+        if fault != previous:
+            if fault is None:
+                logger.info("audio output works again: accepting streams")
+            else:
+                logger.error("audio output failed (%s): refusing new streams", fault)
+            previous = fault
+        await asyncio.sleep(OUTPUT_WATCH_INTERVAL)
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _hangup(shutdown: asyncio.Event) -> None:
+    logger.info("SIGHUP: shutting down cleanly to be restarted with the new configuration")
+    shutdown.set()
 
 
 async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
@@ -328,6 +352,10 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         shutdown = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, shutdown.set)
+        # SIGHUP: nothing raopd holds can be swapped safely in place (ports, device, name), so
+        # it is a clean shutdown (goodbye over mDNS, a complete WAV) for the service manager
+        # to restart with the new configuration, rather than death by the default action.
+        loop.add_signal_handler(signal.SIGHUP, _hangup, shutdown)
     interfaces = check_interfaces(config.interface)
     hw_addr = load_or_create_device_id(config.state_dir, config.device_id)
     receiver = ReceiverInfo(name=config.name, hw_addr=hw_addr, password=config.password)
@@ -363,6 +391,10 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             stats_task = asyncio.create_task(log_statistics(state, config.statistics_interval))
             stack.push_async_callback(_cancel, stats_task)
 
+        arbiter: PlayArbiter[RaopSession] = PlayArbiter(config.allow_session_interruption)
+        arbiter.fault_source = lambda: metrics.output_fault(state)
+        watch_task = asyncio.create_task(watch_output(state))
+        stack.push_async_callback(_cancel, watch_task)
         # The AirPort key loaded and RSA run once now, not while the first sender waits.
         crypto.warm_up()
         server = RtspServer(
@@ -372,17 +404,19 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
                 port=config.port,
                 udp_port_base=config.udp_port_base,
                 udp_port_range=config.udp_port_range,
+                max_per_address=config.max_connections_per_address,
             ),
             session_settings=SessionSettings(
                 jitter=JitterSettings(resend=config.resend),
                 session_timeout=config.session_timeout or float("inf"),
+                idle_timeout=config.idle_timeout,
                 latency_offset=config.latency_offset,
                 initial_volume=config.default_volume,
                 # A file has no device buffer to keep ahead of; ALSA's as configured.
                 output_buffer_frames=0 if sink_is_file else config.buffer_frames,
                 output_period_frames=0 if sink_is_file else config.period_frames,
             ),
-            arbiter=PlayArbiter(config.allow_session_interruption),
+            arbiter=arbiter,
             on_event=router,
         )
         server.on_event = state.totals.wrap(server.on_event)  # session totals for /metrics

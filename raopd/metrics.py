@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from raopd import __version__
-from raopd.core.events import Event, SessionEnded, VolumeChanged
+from raopd.core.events import EndReason, Event, SessionEnded, VolumeChanged
 from raopd.core.session import RaopSession, State
 from raopd.media.decoder import FrameFault
 from raopd.net.http import Response, Route
@@ -38,19 +38,13 @@ from raopd.net.http import Response, Route
 if TYPE_CHECKING:
     from raopd.daemon import DaemonState
 
+
 # The classic text format every Prometheus version reads; our names need nothing newer.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEARTBEAT_STALE = 5.0  # seconds: the output loop ticks at least every 0.5 s when healthy
 
-# SessionEnded reasons as the session words them -> the label value. Anything else is "other",
-# so an unexpected reason cannot add series.
-END_REASONS = {
-    "teardown": "teardown",
-    "connection closed": "connection_closed",
-    "timed out": "timed_out",
-    "interrupted by another sender": "interrupted",
-}
-END_REASON_LABELS = (*END_REASONS.values(), "other")
+# One label value per EndReason: the set is fixed, so no reason can add series.
+END_REASON_LABELS = tuple(reason.value for reason in EndReason)
 
 EventSink = Callable[[RaopSession, Event], None]
 
@@ -81,7 +75,7 @@ class SessionTotals:
             self.volume = event.volume
         elif isinstance(event, SessionEnded) and session not in self._folded:
             self._folded.add(session)
-            self.ended[END_REASONS.get(event.reason, "other")] += 1
+            self.ended[event.reason.value] += 1
             self.session.update(asdict(session.stats))
             self.jitter.update(asdict(session.jitter_stats))
             audio = session.audio_stats
@@ -122,6 +116,19 @@ def health(state: DaemonState, now: float | None = None) -> tuple[bool, list[str
     return True, []
 
 
+def output_fault(state: DaemonState) -> str | None:
+    """Why the output cannot take audio now (disk full, broken pipe, thread gone), or None.
+
+    The one definition /readyz and ANNOUNCE (through the arbiter's fault_source) both read.
+    """
+    output = state.output
+    if output is None:
+        return None
+    if not output.alive:
+        return "the audio output thread stopped"
+    return output.snapshot().fault
+
+
 def readiness(state: DaemonState) -> tuple[bool, list[str]]:
     """(ready, what is not ready yet): RTSP listening, mDNS registered, audio device open."""
     missing: list[str] = []
@@ -135,6 +142,8 @@ def readiness(state: DaemonState) -> tuple[bool, list[str]]:
         missing.append(f"no network address to advertise on {where}")
     if state.output is None or not sink_opened(state.output.sink):
         missing.append("audio device not open")
+    elif (fault := output_fault(state)) is not None:
+        missing.append(f"audio output failed: {fault}")
     return not missing, missing
 
 
@@ -190,6 +199,17 @@ _SESSION_COUNTERS = (
     ("bad_datagrams", "bad_datagrams", "UDP datagrams dropped as malformed or unexpected"),
     ("foreign_datagrams", "foreign_datagrams", "UDP datagrams dropped: not from the sender"),
     ("resend_request_datagrams", "resend_datagrams", "Resend request datagrams sent"),
+    (
+        "rtsp_refused_in_state",
+        "refused_in_state",
+        "RTSP requests refused 455: not valid in the session's state",
+    ),
+    (
+        "rtsp_refused_not_playing",
+        "refused_not_playing",
+        "RTSP requests refused 453: stream requests from a session without the play lock",
+    ),
+    ("rtsp_auth_failures", "auth_failures", "Wrong Digest answers"),
 )
 _AUDIO_COUNTERS = (
     ("packets_resent", "resent_packets", "Audio packets received as resends"),
@@ -307,6 +327,27 @@ class DaemonCollector(Collector):
             "decryption and decoding, and handing audio to the output thread",
             server.busy_seconds if server is not None else 0.0,
         )
+        yield _counter(
+            "raopd_rtsp_connections_evicted",
+            "Idle RTSP connections closed to make room for new ones",
+            server.evicted if server is not None else 0,
+        )
+        yield _counter(
+            "raopd_rtsp_connections_refused",
+            "RTSP connections refused at accept: over the limits, nothing to evict",
+            server.refused if server is not None else 0,
+        )
+        yield _counter(
+            "raopd_rsa_requests_delayed",
+            "RTSP requests held for the per-address RSA budget (challenges, encrypted ANNOUNCE)",
+            server.throttle.challenges_delayed if server is not None else 0,
+        )
+        http = state.http
+        yield _counter(
+            "raopd_http_connections_evicted",
+            "HTTP clients closed while waiting for their request head, to make room",
+            http.evicted if http is not None else 0,
+        )
 
         volume = totals.volume if totals.volume is not None else state.config.default_volume
         yield _gauge("raopd_volume", "AirPlay volume: -30 (quietest) to 0, -144 = mute", volume)
@@ -324,28 +365,48 @@ class DaemonCollector(Collector):
         yield _gauge("raopd_output_thread_alive", "1 while the audio output thread runs", alive)
         if output is None:
             return
+        # Everything below comes from the thread's locked snapshot, never its live objects.
+        snap = output.snapshot()
         yield _gauge(
             "raopd_output_heartbeat_age_seconds",
             "Seconds since the audio output thread last went round its loop",
-            max(0.0, time.monotonic() - output.heartbeat),
+            max(0.0, time.monotonic() - snap.heartbeat),
         )
+        yield _gauge("raopd_audio_device_open", "1 while the audio device is open", snap.opened)
         yield _gauge(
-            "raopd_audio_device_open", "1 while the audio device is open", sink_opened(output.sink)
+            "raopd_output_failed",
+            "1 while the output cannot take audio (disk full, broken pipe)",
+            snap.fault is not None,
         )
         yield _counter(
-            "raopd_output_frames", "Frames written to the audio output", output.frames_written
+            "raopd_output_frames", "Frames written to the audio output", snap.frames_written
         )
         yield _counter(
             "raopd_output_underruns",
             "ALSA underruns (the device ran dry)",
-            int(getattr(output.sink, "underruns", 0)),
+            snap.sink.underruns if snap.sink is not None else 0,
         )
         yield _counter(
             "raopd_audio_device_reopen_attempts",
             "Attempts to open the audio device again after it failed or was missing",
-            int(getattr(output.sink, "reopen_attempts", 0)),
+            snap.sink.reopen_attempts if snap.sink is not None else 0,
         )
-        stats = output.playout.stats
+        yield _counter(
+            "raopd_output_errors",
+            "Rounds of the output loop that failed and were survived",
+            snap.errors,
+        )
+        yield _counter(
+            "raopd_output_rejected_frames",
+            "Frames dropped by the output: not 16-bit stereo",
+            snap.rejected_frames,
+        )
+        yield _counter(
+            "raopd_output_fault_dropped_frames",
+            "Frames dropped while the output failed (disk full, broken pipe)",
+            snap.sink_dropped_frames,
+        )
+        stats = snap.playout
         yield _gauge(
             "raopd_sync_error_seconds",
             "Recent median playout timing error, positive = late",

@@ -285,7 +285,7 @@ def _note_event(event: Event, sink: FileSink | None, summary: ReplaySummary) -> 
     elif isinstance(event, ProgressReceived):
         summary.progress = (event.start, event.current, event.end)
     elif isinstance(event, SessionEnded):
-        summary.ended = event.reason
+        summary.ended = str(event.reason)
 
 
 def _fill_counters(session: RaopSession, summary: ReplaySummary) -> None:

@@ -54,9 +54,15 @@ def block(start: int, frames: int = 352) -> AudioReady:
     return AudioReady(start, pcm.reshape(-1, 2))
 
 
+class PlayingState:
+    """The one part of DaemonState the router reads for these events: who plays."""
+
+    playing: RaopSession | None = None  # feed() sends as session None: "the playing one"
+
+
 def make_router() -> tuple[EventRouter, FakeOutput]:
     output = FakeOutput()
-    state = cast(DaemonState, object())  # audio and clock events never read the state
+    state = cast(DaemonState, PlayingState())
     return EventRouter(state, cast(OutputThread, output)), output
 
 
@@ -107,6 +113,14 @@ async def test_clock_estimate_alone_does_not_wake_the_output() -> None:
     first, second = output.commands
     assert isinstance(first, UseClock) and first.estimate.anchor_rtp == 4
     assert isinstance(second, Push)
+
+
+async def test_a_flush_from_a_session_that_is_not_playing_never_reaches_the_output() -> None:
+    router, output = make_router()
+    other = cast(RaopSession, object())
+    router(other, Flushed(2_000_000_000))  # e.g. FLUSH before RECORD, then the session ends
+    await turn()
+    assert output.commands == []
 
 
 async def test_estimate_goes_before_a_flush() -> None:

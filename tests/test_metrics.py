@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from raopd import __version__, metrics
 from raopd.config import Config
 from raopd.core.arbiter import PlayArbiter
-from raopd.core.events import SessionEnded, VolumeChanged
+from raopd.core.events import EndReason, SessionEnded, VolumeChanged
 from raopd.core.session import RaopSession, ReceiverInfo, SessionPorts, SessionSettings
 from raopd.daemon import DaemonState
 from raopd.net.server import RtspConnection, RtspServer, ServerSettings
@@ -130,18 +130,18 @@ async def test_totals_fold_each_session_once_and_keep_counting():
     assert live["raopd_rtsp_requests_total"] == 3 and live["raopd_packets_received_total"] == 7
     assert live["raopd_sessions_total"] == 1 and live["raopd_sessions_active"] == 1
 
-    state.totals.observe(session, SessionEnded("teardown"))
-    state.totals.observe(session, SessionEnded("teardown"))  # never counted twice
+    state.totals.observe(session, SessionEnded(EndReason.TEARDOWN))
+    state.totals.observe(session, SessionEnded(EndReason.TEARDOWN))  # never counted twice
     folded = scrape(state)  # the ended session is still among the connections: no double count
     assert folded["raopd_rtsp_requests_total"] == 3 and folded["raopd_packets_received_total"] == 7
     assert folded['raopd_sessions_ended_total{reason="teardown"}'] == 1
     assert folded["raopd_sessions_total"] == 1 and folded["raopd_sessions_active"] == 0
 
     other = make_session(2)
-    state.totals.observe(other, SessionEnded("something new"))
+    state.totals.observe(other, SessionEnded(EndReason.INTERNAL_ERROR))
     state.server = make_server([])
     gone = scrape(state)
-    assert gone['raopd_sessions_ended_total{reason="other"}'] == 1
+    assert gone['raopd_sessions_ended_total{reason="internal_error"}'] == 1
     assert gone["raopd_sessions_total"] == 2 and gone["raopd_rtsp_requests_total"] == 3
 
 
@@ -160,8 +160,8 @@ def test_wrap_passes_every_event_on():
     sink = totals.wrap(lambda session, event: seen.append(event))
     session = make_session()
     sink(session, VolumeChanged(-3.0))
-    sink(session, SessionEnded("timed out"))
-    assert seen == [VolumeChanged(-3.0), SessionEnded("timed out")]
+    sink(session, SessionEnded(EndReason.TIMED_OUT))
+    assert seen == [VolumeChanged(-3.0), SessionEnded(EndReason.TIMED_OUT)]
     assert totals.ended["timed_out"] == 1 and totals.volume == -3.0
 
 
@@ -176,6 +176,7 @@ def test_output_metrics(output):
     assert "raopd_drift_ppm" not in values  # unknown until measured: no sample, not NaN
     output.playout.stats.source_drift_ppm = 12.5
     output.playout.stats.sync_error_ms = -1.5
+    output._publish()  # what the output thread does after each block: /metrics reads that
     values = scrape(state)
     assert values["raopd_drift_ppm"] == 12.5 and values["raopd_sync_error_seconds"] == -0.0015
     assert values[f'raopd_build_info{{version="{__version__}"}}'] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -80,11 +81,28 @@ class ProgressReceived:
     end: int
 
 
+class EndReason(Enum):
+    """Every way a session can end; the value is the label /metrics and the log use."""
+
+    TEARDOWN = "teardown"  # the sender said goodbye
+    CONNECTION_CLOSED = "connection_closed"  # the TCP connection went away
+    PROTOCOL_ERROR = "protocol_error"  # a request the reader could not frame (400, 505, ...)
+    TOO_LARGE = "too_large"  # a header block or body over its limit (413, 431)
+    TIMED_OUT = "timed_out"  # no requests or audio for too long
+    INTERRUPTED = "interrupted"  # another sender took over (interruption allowed)
+    EVICTED = "evicted"  # an idle connection closed to make room for a new one
+    SHUTDOWN = "shutdown"  # the daemon is stopping
+    INTERNAL_ERROR = "internal_error"  # a bug in raopd, contained to this session
+
+    def __str__(self) -> str:
+        return self.value.replace("_", " ")
+
+
 @dataclass(frozen=True, slots=True)
 class SessionEnded:
-    """The session is over: TEARDOWN, connection closed, timed out, or interrupted."""
+    """The session is over, for `reason`; it released everything it held."""
 
-    reason: str
+    reason: EndReason
 
 
 Event = (

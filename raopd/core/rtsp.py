@@ -237,12 +237,16 @@ class RtspReader:
         if not self._line_checked:
             self._check_first_line()
         start = max(self._scan - 2, 0)
-        end_lf = buf.find(b"\n\n", start)
-        end_crlf = buf.find(b"\n\r\n", start)
+        # A head ends within max_header_bytes or not at all: never search further. (With
+        # pipelined requests buffered behind it, a search to the end of the buffer made
+        # each request cost time proportional to everything queued after it.)
+        limit = self.max_header_bytes + 3
+        end_lf = buf.find(b"\n\n", start, limit)
+        end_crlf = buf.find(b"\n\r\n", start, limit)
         if end_lf < 0 and end_crlf < 0:
             if len(buf) > self.max_header_bytes:
                 raise ProtocolError(f"RTSP header block exceeds {self.max_header_bytes} bytes", 431)
-            self._scan = len(buf)
+            self._scan = min(len(buf), limit)
             return False
         if end_crlf >= 0 and (end_lf < 0 or end_crlf < end_lf):
             head_end, body_start = end_crlf, end_crlf + 3

@@ -14,7 +14,6 @@ The audio itself (jitter buffer, decryption, decoding, silence fill) is `AudioPa
 from __future__ import annotations
 
 import base64
-import hashlib
 import ipaddress
 import logging
 import plistlib
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from raopd.core import digest
 from raopd.core.arbiter import PlayArbiter
 from raopd.core.audio_format import FIXED_LATENCY_FRAMES
 from raopd.core.audio_path import AudioPath, AudioStats
@@ -32,6 +32,7 @@ from raopd.core.dmap import parse_dmap
 from raopd.core.events import (
     ArtworkReceived,
     ClockUpdated,
+    EndReason,
     Event,
     Flushed,
     MetadataReceived,
@@ -54,6 +55,8 @@ from raopd.core.packets import (
 from raopd.core.parameters import parse_parameters, parse_progress, parse_volume
 from raopd.core.rtsp import RtspReader, RtspRequest, RtspResponse
 from raopd.core.sdp import StreamParams, parse_sdp
+from raopd.core.sessionlog import SessionLog, clip
+from raopd.core.throttle import PeerThrottle
 from raopd.errors import ProtocolError
 from raopd.media.crypto import PacketCipher, apple_response, unwrap_session_key
 from raopd.media.decoder import make_decoder
@@ -66,6 +69,10 @@ PUBLIC_METHODS = (
     "ANNOUNCE, SETUP, RECORD, PAUSE, FLUSH, TEARDOWN, OPTIONS, GET_PARAMETER, SET_PARAMETER"
 )
 DEFAULT_VOLUME = 0.0  # full scale until a sender sets a volume (some never do)
+REALM = "raop"  # the Digest realm every AirPlay 1 receiver uses
+# Requests answered per input step: a pipelined flood is answered a slice at a time, the
+# adapter going back to its event loop in between (see `backlogged`).
+MAX_REQUESTS_PER_STEP = 16
 
 
 class Channel(Enum):
@@ -112,6 +119,15 @@ class SessionSettings:
     # The stream's latency budget (core/latency.py) picks the batch delay up to this, and
     # takes it off the repair window.
     input_delay: float = 0.0
+    # A connection that is not playing must complete a request at least this often: a sender
+    # goes from connecting to RECORD in well under a second, an idle socket is closed.
+    idle_timeout: float = 10.0
+    # A request whose first byte has arrived must be complete this long after (trickling one
+    # byte at a time does not keep a connection alive).
+    request_timeout: float = 10.0
+    # True: an Apple-Challenge waits for the adapter to compute the signature off the event
+    # loop (signature_wanted / signature_made); False: it is computed inline (replay, tests).
+    defer_signatures: bool = False
     # The output device's buffer and period, frames (0: a file, which has no lead).
     output_buffer_frames: int = 0
     output_period_frames: int = 0
@@ -121,10 +137,40 @@ class State(Enum):
     """Where the session is in its life."""
 
     CONNECTED = "connected"
-    ANNOUNCED = "announced"
+    ANNOUNCED = "announced"  # holds the play lock from here on
     READY = "ready"  # SETUP done
     PLAYING = "playing"  # RECORD done
     ENDED = "ended"
+
+
+# The session's rules as data (h11 keeps its transitions the same way):
+# Rule 1: a request whose method is not in its state's row of ALLOWED gets 455 and changes
+#         nothing; a method no handler knows gets 501 in any state.
+# Rule 2: a request in PLAY_LOCKED may only change audio, volume, metadata or the output if
+#         the session holds the play lock (ANNOUNCE claims it); others get 453.
+# Rule 3: a request answered 200 moves the session along TRANSITIONS (no entry: it stays).
+# Rule 4: every way out (TEARDOWN, connection lost, protocol error, size limit, timeout,
+#         interruption, eviction, shutdown, internal error) goes through end(), which releases
+#         the play lock and emits SessionEnded once; the adapter then closes the connection,
+#         its UDP ports and its timer, and the daemon stops the output stream.
+_ANYTIME = frozenset({"OPTIONS", "GET_PARAMETER", "TEARDOWN", "GET", "POST"})
+_STREAM = frozenset({"ANNOUNCE", "SETUP", "RECORD", "FLUSH", "SET_PARAMETER"})
+ALLOWED: dict[State, frozenset[str]] = {
+    State.CONNECTED: _ANYTIME | {"ANNOUNCE"},
+    State.ANNOUNCED: _ANYTIME | {"ANNOUNCE", "SETUP", "SET_PARAMETER"},
+    State.READY: _ANYTIME | _STREAM,
+    State.PLAYING: _ANYTIME | _STREAM,
+    State.ENDED: frozenset(),
+}
+PLAY_LOCKED = frozenset({"SETUP", "RECORD", "FLUSH", "SET_PARAMETER"})
+TRANSITIONS: dict[tuple[State, str], State] = {
+    (State.CONNECTED, "ANNOUNCE"): State.ANNOUNCED,
+    (State.ANNOUNCED, "ANNOUNCE"): State.ANNOUNCED,
+    (State.READY, "ANNOUNCE"): State.ANNOUNCED,
+    (State.PLAYING, "ANNOUNCE"): State.ANNOUNCED,
+    (State.ANNOUNCED, "SETUP"): State.READY,
+    (State.READY, "RECORD"): State.PLAYING,
+}
 
 
 @dataclass(slots=True)
@@ -133,6 +179,9 @@ class SessionStats:
 
     requests: int = 0
     bad_requests: int = 0
+    refused_in_state: int = 0  # 455: a method the session's state does not allow
+    refused_not_playing: int = 0  # 453: a stream request from a session without the play lock
+    auth_failures: int = 0
     datagrams: int = 0
     bad_datagrams: int = 0
     foreign_datagrams: int = 0
@@ -150,19 +199,22 @@ class RaopSession:
         local_ip: str,
         peer_ip: str,
         now: float,
-        arbiter: PlayArbiter | None = None,
+        arbiter: PlayArbiter[RaopSession] | None = None,
         settings: SessionSettings | None = None,
         nonce: str | None = None,
         session_id: int = 1,
+        throttle: PeerThrottle | None = None,
     ) -> None:
         self.receiver = receiver
         self.ports = ports
         self.local_ip = local_ip
-        self.peer_ip = _normalise_ip(peer_ip)
+        self.peer_ip = normalise_ip(peer_ip)
         self._peer_as_given = peer_ip  # datagrams usually carry exactly this: no parsing
         self.settings = settings or SessionSettings()
-        self.arbiter = arbiter or PlayArbiter()
+        self.arbiter: PlayArbiter[RaopSession] = arbiter or PlayArbiter()
+        self.throttle = throttle or PeerThrottle()
         self.session_id = session_id
+        self.log = SessionLog(logger, session_id)
         self.state = State.CONNECTED
         self.stats = SessionStats()
         # Requests seen, by method (and path or content type), in first-seen order.
@@ -174,8 +226,13 @@ class RaopSession:
         self.params: StreamParams | None = None
         self.volume = self.settings.initial_volume
         self.should_close = False
-        # The adapter hangs a callable here so that preempt() can make it flush and close.
-        self.wakeup: Callable[[], None] | None = None
+        self.end_reason: EndReason | None = None
+        # An Apple-Challenge waiting for its signature (defer_signatures): the adapter signs
+        # it off the event loop and hands the result to signature_made().
+        self.signature_wanted: str | None = None
+        # True when requests already read wait only for their turn (MAX_REQUESTS_PER_STEP):
+        # the adapter calls resume() once other work had its chance and the peer reads.
+        self.backlogged = False
 
         self._reader = RtspReader()
         self._out = bytearray()
@@ -183,7 +240,16 @@ class RaopSession:
         self._events: deque[Event] = deque()
         self._nonce = nonce or base64.b64encode(secrets.token_bytes(8)).decode()
         self._authorised = receiver.password is None
-        self._last_activity = now
+        self._last_activity = now  # a complete request, audio or a sync
+        self._last_request = now  # a complete request
+        self._partial_since: float | None = None  # first byte of an incomplete request
+        self._pending: RtspRequest | None = None  # read, not answered yet (held or signing)
+        self._hold_until: float | None = None  # no request is handled before this
+        self._signature: str | None = None  # Apple-Response for the pending request
+        self._signed = False
+        # Where each channel's datagrams must come from: the port the sender declared in
+        # SETUP, or the first one it used (latched). Anything else is foreign.
+        self._sources: dict[Channel, tuple[str, int]] = {}
         # One AudioPath per stream (ANNOUNCE); counters carry over from stream to stream.
         self._audio: AudioPath | None = None
         self._budget: LatencyBudget | None = None
@@ -200,26 +266,115 @@ class RaopSession:
         """Bytes from the RTSP connection (any split); answers go to data_to_send()."""
         if self.should_close:
             return
-        self._last_activity = now
         try:
             self._reader.receive_data(data)
-            while (request := self._reader.next_request()) is not None:
-                self.stats.requests += 1
-                self._out += bytes(self._handle_request(request, now))
-                if self.should_close:
-                    return
         except ProtocolError as exc:
-            self.stats.bad_requests += 1
-            logger.warning("[session %d] bad RTSP request: %s", self.session_id, exc)
-            self._out += bytes(RtspResponse(exc.status_hint, self._common_headers(None)))
-            self.should_close = True
+            self._framing_error(exc, now)
+            return
+        self._process_requests(now)
+
+    @property
+    def wants_input(self) -> bool:
+        """False while requests already read wait (throttled, signing, backlog): stop reading."""
+        return not self.should_close and self._pending is None and not self.backlogged
+
+    def resume(self, now: float) -> None:
+        """Answer the next slice of a backlog of pipelined requests."""
+        self.backlogged = False
+        self._process_requests(now)
+
+    def signature_made(self, apple_response: str | None, now: float) -> None:
+        """The adapter's answer to `signature_wanted` (None: the challenge was unusable)."""
+        if self.signature_wanted is None:
+            return
+        self.signature_wanted = None
+        self._signature, self._signed = apple_response, True
+        self._process_requests(now)
+
+    def _process_requests(self, now: float) -> None:
+        """Answer the complete requests that may be answered now, in order, a slice a step."""
+        answered = 0
+        while not self.should_close:
+            if answered >= MAX_REQUESTS_PER_STEP:
+                self.backlogged = True
+                return
+            request = self._pending
+            if request is None:
+                try:
+                    request = self._reader.next_request()
+                except ProtocolError as exc:
+                    self._framing_error(exc, now)
+                    return
+                if request is None:
+                    if self._reader.buffered == 0:
+                        self._partial_since = None
+                    elif self._partial_since is None:
+                        self._partial_since = now
+                    return
+                self._partial_since = None
+                self._last_request = self._last_activity = now
+                self.stats.requests += 1
+                self._pending = request
+            if not self._ready_to_answer(request, now):
+                return
+            self._pending = None
+            self._out += bytes(self._handle_request(request, now))
+            self._signature, self._signed = None, False
+            answered += 1
+
+    def _ready_to_answer(self, request: RtspRequest, now: float) -> bool:
+        """Gates before a request is handled: Digest back-off, then the RSA signature."""
+        if self._hold_until is not None:
+            if now < self._hold_until:
+                return False
+            self._hold_until = None
+        if self.signature_wanted is not None:
+            return False
+        if not self._authorised and request.headers.get("Authorization") is not None:
+            allowed_at = self.throttle.auth_allowed_at(self.peer_ip, now)
+            if allowed_at > now:
+                self._hold_until = allowed_at
+                return False
+        # An encrypted ANNOUNCE costs an RSA decryption (inline, ~30 ms on a Pi): it spends
+        # from the same per-address budget as a challenge.
+        if request.method == "ANNOUNCE" and b"rsaaeskey" in request.body and not self._signed:
+            retry_at = self.throttle.take_challenge(self.peer_ip, now)
+            if retry_at is not None:
+                self._hold_until = retry_at
+                return False
+            if request.headers.get("Apple-Challenge") is None:
+                self._signed = True  # budget spent for this request
+        challenge = request.headers.get("Apple-Challenge")
+        if challenge is not None and not self._signed:
+            retry_at = self.throttle.take_challenge(self.peer_ip, now)
+            if retry_at is not None:
+                self._hold_until = retry_at
+                return False
+            if self.settings.defer_signatures:
+                self.signature_wanted = challenge
+                return False
+            try:
+                self._signature = apple_response(challenge, self.local_ip, self.receiver.hw_addr)
+            except ProtocolError as exc:
+                self.log.warn_limited(now, "bad Apple-Challenge: %s", clip(exc))
+                self._signature = None
+            self._signed = True
+        return True
+
+    def _framing_error(self, exc: ProtocolError, now: float) -> None:
+        """The byte stream cannot be framed any more: answer, then end the session."""
+        self.stats.bad_requests += 1
+        self.log.warn_limited(now, "bad RTSP request: %s", clip(exc))
+        self._out += bytes(RtspResponse(exc.status_hint, self._common_headers(None)))
+        too_large = exc.status_hint in (413, 431)
+        self.end(EndReason.TOO_LARGE if too_large else EndReason.PROTOCOL_ERROR, now)
 
     def datagram_received(
         self, channel: Channel, data: bytes, addr: tuple[str, int], now: float
     ) -> None:
         """One UDP datagram on one of our ports. Never raises: bad input is counted."""
         self.stats.datagrams += 1
-        if addr[0] != self._peer_as_given and _normalise_ip(addr[0]) != self.peer_ip:
+        if not self._from_sender(channel, addr):
             self.stats.foreign_datagrams += 1  # only the sender may feed its session
             return
         if self.state not in (State.READY, State.PLAYING) or self.params is None:
@@ -243,18 +398,31 @@ class RaopSession:
         except ProtocolError as exc:
             self.stats.bad_datagrams += 1
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("[session %d] dropped datagram: %s", self.session_id, exc)
+                self.log.debug("dropped datagram: %s", clip(exc))
+
+    def _from_sender(self, channel: Channel, addr: tuple[str, int]) -> bool:
+        """The sender's address, and the port it declared or first used on this channel."""
+        if addr[0] != self._peer_as_given and normalise_ip(addr[0]) != self.peer_ip:
+            return False
+        if self.state not in (State.READY, State.PLAYING):
+            return True  # counted as bad by the caller; nothing to latch yet
+        source = self._sources.get(channel)
+        if source is None:
+            self._sources[channel] = (addr[0], addr[1])  # first use latches the port
+            return True
+        return source[1] == addr[1]
 
     def handle_timer(self, now: float) -> None:
         """Run whatever is due: releases, resend requests, timing requests, timeouts."""
         if self.state is State.ENDED:
             return
-        if now - self._last_activity >= self.settings.session_timeout:
-            self._end("timed out", now)
-            # Close the connection as well: left open, the ended session went on answering
-            # (and could ANNOUNCE its way back to playing) with no timer running.
-            self.should_close = True
+        if now >= self._idle_deadline():
+            self.end(EndReason.TIMED_OUT, now)
             return
+        if self._pending is not None and self._hold_until is not None:
+            self._process_requests(now)
+            if self.should_close:
+                return
         if self.state in (State.READY, State.PLAYING):
             self._release(now)
             if self._audio is not None:
@@ -269,14 +437,29 @@ class RaopSession:
 
     def connection_lost(self, now: float) -> None:
         """The TCP connection closed: the session ends with it."""
-        self._end("connection closed", now)
+        self.end(EndReason.CONNECTION_CLOSED, now)
 
-    def preempt(self, reason: str) -> None:
-        """Another sender took over (interruption allowed): stop and close."""
-        self._end(reason, None)
+    def end(self, reason: EndReason, now: float | None) -> None:
+        """The one way a session ends (Rule 4): idempotent, whatever the reason.
+
+        Releases the play lock, forgets the keys and buffered audio, emits SessionEnded and
+        asks the adapter to close (`should_close`): it then releases the connection, the UDP
+        ports and the timer, and the daemon's router ends the output stream.
+        """
+        if self.state is State.ENDED:
+            return
+        self.state = State.ENDED
+        self.end_reason = reason
         self.should_close = True
-        if self.wakeup is not None:
-            self.wakeup()
+        self.arbiter.release(self)
+        if self._audio is not None:
+            self._audio.cipher = None  # forget the keys
+            self._audio.flush()
+        self._pending = None
+        self._hold_until = None
+        self.signature_wanted = None
+        self._events.append(SessionEnded(reason))
+        self.log.info("ended: %s", reason)
 
     # ---------------------------------------------------------------- outputs
 
@@ -299,7 +482,9 @@ class RaopSession:
         """When handle_timer should next run."""
         if self.state is State.ENDED:
             return None
-        deadline = self._last_activity + self.settings.session_timeout
+        deadline = self._idle_deadline()
+        if self._pending is not None and self._hold_until is not None:
+            deadline = min(deadline, self._hold_until)
         if self.state is State.READY or self.state is State.PLAYING:
             jitter_deadline = self._audio.next_deadline() if self._audio is not None else None
             if jitter_deadline is not None and jitter_deadline < deadline:
@@ -308,6 +493,17 @@ class RaopSession:
                 clock_deadline = self._clock.next_request_time()
                 if clock_deadline is not None and clock_deadline < deadline:
                     deadline = clock_deadline
+        return deadline
+
+    def _idle_deadline(self) -> float:
+        """When the session times out unless something happens first."""
+        if self.state is State.PLAYING:
+            deadline = self._last_activity + self.settings.session_timeout
+        else:
+            # Not playing: only complete requests count, and not for long.
+            deadline = self._last_request + self.settings.idle_timeout
+        if self._partial_since is not None:
+            deadline = min(deadline, self._partial_since + self.settings.request_timeout)
         return deadline
 
     @property
@@ -346,70 +542,74 @@ class RaopSession:
 
     def _handle_request(self, request: RtspRequest, now: float) -> RtspResponse:
         headers = self._common_headers(request)
-        if not self._authorised and not self._check_auth(request):
-            headers.append(("WWW-Authenticate", f'Digest realm="raop", nonce="{self._nonce}"'))
+        if not self._authorised and not self._check_auth(request, now):
+            headers.append(("WWW-Authenticate", digest.challenge(REALM, self._nonce)))
             # No credentials is the first half of every Digest handshake; credentials that
-            # fail are a wrong password (or a replayed nonce): say which, and log it.
+            # fail are a wrong password (or a replayed nonce): the reason phrase says which.
             reason = None
             if request.headers.get("Authorization") is not None:
-                reason = _auth_failure(request, self._nonce)
-                AUTH_FAILURES.failed(self.peer_ip, request.method, reason, now)
-                reason = f"Unauthorized ({reason})"
+                reason = f"Unauthorized ({_auth_failure(request, self._nonce)})"
             return RtspResponse(401, headers, reason=reason)
-        challenge = request.headers.get("Apple-Challenge")
-        if challenge is not None:
-            try:
-                headers.append(
-                    (
-                        "Apple-Response",
-                        apple_response(challenge, self.local_ip, self.receiver.hw_addr),
-                    )
-                )
-            except ProtocolError as exc:
-                logger.warning("[session %d] bad Apple-Challenge: %s", self.session_id, exc)
+        if self._signature is not None:
+            headers.append(("Apple-Response", self._signature))
         self._note_sender(request)
         method = request.method
         self.request_counts[_describe(request)] += 1
         handler = _HANDLERS.get((method, None)) or _HANDLERS.get((method, _path(request.uri)))
         if handler is None:
             return RtspResponse(501, headers)
+        if method not in ALLOWED[self.state]:  # Rule 1
+            self.stats.refused_in_state += 1
+            self.log.warn_limited(now, "%s refused (455) in state %s", method, self.state.value)
+            return RtspResponse(455, headers)
+        if method in PLAY_LOCKED and not self.arbiter.holds(self):  # Rule 2
+            self.stats.refused_not_playing += 1
+            self.log.warn_limited(now, "%s refused (453): not the playing sender", method)
+            return RtspResponse(453, headers)
+        state = self.state
         try:
-            return handler(self, request, headers, now)
+            response = handler(self, request, headers, now)
         except ProtocolError as exc:
             self.stats.bad_requests += 1
-            logger.warning("[session %d] %s refused: %s", self.session_id, method, exc)
+            self.log.warn_limited(now, "%s refused: %s", method, clip(exc))
             return RtspResponse(exc.status_hint, headers)
+        if response.status == 200 and self.state is state:  # Rule 3
+            self.state = TRANSITIONS.get((state, method), state)
+        return response
 
     def _common_headers(self, request: RtspRequest | None) -> list[tuple[str, str]]:
         headers: list[tuple[str, str]] = []
         if request is not None:
             cseq = request.headers.get("CSeq")
-            if cseq is not None:
+            # Echoed only when it is what RTSP says it is, a number: anything else (text that
+            # was not UTF-8, for one) could not be echoed byte for byte.
+            if cseq is not None and cseq.isascii() and cseq.isdigit() and len(cseq) <= 10:
                 headers.append(("CSeq", cseq))
         headers.append(("Server", f"AirTunes/{SERVER_VERSION}"))
         return headers
 
-    def _check_auth(self, request: RtspRequest) -> bool:
-        """HTTP Digest (RFC 2069, MD5, no qop), lenient about hex case; OPTIONS is exempt."""
+    def _check_auth(self, request: RtspRequest, now: float) -> bool:
+        """Digest (core/digest.py); OPTIONS is exempt. Wrong answers are throttled."""
         if request.method == "OPTIONS":
             return True
         value = request.headers.get("Authorization")
         password = self.receiver.password
-        if value is None or password is None or not value.lower().startswith("digest "):
+        if value is None or password is None:
             return False
-        fields = _parse_digest(value[7:])
-        if fields.get("nonce") != self._nonce:
-            return False
-        username = fields.get("username", "")
-        realm = fields.get("realm", "raop")
-        uri = fields.get("uri", request.uri)
-        response = fields.get("response", "").lower()
-        for upper in (False, True):
-            ha1 = _md5_hex(f"{username}:{realm}:{password}", upper)
-            ha2 = _md5_hex(f"{request.method}:{uri}", upper)
-            if _md5_hex(f"{ha1}:{self._nonce}:{ha2}", upper).lower() == response:
-                self._authorised = True
-                return True
+        if digest.verify(
+            value,
+            password=password,
+            realm=REALM,
+            nonce=self._nonce,
+            method=request.method,
+            uri=request.uri,
+        ):
+            self._authorised = True
+            self.throttle.auth_succeeded(self.peer_ip)
+            return True
+        self.stats.auth_failures += 1
+        self.throttle.auth_failed(self.peer_ip, now)
+        AUTH_FAILURES.failed(self.peer_ip, request.method, _auth_failure(request, self._nonce), now)
         return False
 
     def _note_sender(self, request: RtspRequest) -> None:
@@ -433,8 +633,12 @@ class RaopSession:
         if params.rsaaeskey is not None and params.aesiv is not None:
             cipher = PacketCipher(unwrap_session_key(params.rsaaeskey), params.aesiv)
         decoder = make_decoder(params)
+        fault = self.arbiter.output_fault
+        if fault is not None:
+            self.log.warn_limited(now, "refused (503): the audio output failed: %s", fault)
+            return RtspResponse(503, headers)
         if not self.arbiter.claim(self):
-            logger.info("[session %d] refused (453): another sender is playing", self.session_id)
+            self.log.info("refused (453): another sender is playing")
             return RtspResponse(453, headers)
         self.params = params
         audio = AudioPath(
@@ -459,13 +663,13 @@ class RaopSession:
             rate=params.sample_rate,
         )
         self._estimate = None
-        self.state = State.ANNOUNCED
+        self._sources.clear()
         return RtspResponse(200, headers)
 
     def _setup(
         self, request: RtspRequest, headers: list[tuple[str, str]], now: float
     ) -> RtspResponse:
-        if self.state is State.CONNECTED or self.params is None:
+        if self.params is None:
             raise ProtocolError("SETUP before ANNOUNCE", status_hint=455)
         transport = request.headers.get("Transport") or ""
         profile = transport.split(";", 1)[0].strip().upper()
@@ -486,8 +690,15 @@ class RaopSession:
             raise ProtocolError(f"port out of range in Transport: {transport!r}")
         self._control_addr = (self.peer_ip, control_port) if control_port else None
         self._timing_addr = (self.peer_ip, timing_port) if timing_port else None
+        # Syncs and resent audio come from the control port it declared, timing replies from
+        # its timing port; the audio port is latched on first use.
+        self._sources.clear()
+        if control_port:
+            self._sources[Channel.CONTROL] = (self._peer_as_given, control_port)
+        if timing_port:
+            self._sources[Channel.TIMING] = (self._peer_as_given, timing_port)
         if self.state is State.ANNOUNCED:
-            self.state = State.READY
+            self.state = State.READY  # before the timing exchange below starts
         headers += [
             (
                 "Transport",
@@ -505,11 +716,11 @@ class RaopSession:
     def _record(
         self, request: RtspRequest, headers: list[tuple[str, str]], now: float
     ) -> RtspResponse:
-        if self.state not in (State.READY, State.PLAYING) or self.params is None:
+        if self.params is None:
             raise ProtocolError("RECORD before SETUP", status_hint=455)
         seq, rtptime = _rtp_info(request)
         if self.state is State.PLAYING:
-            logger.info("[session %d] duplicate RECORD", self.session_id)
+            self.log.info("duplicate RECORD")
         self.state = State.PLAYING
         if rtptime is not None:
             self._start_at(seq, rtptime)
@@ -533,9 +744,8 @@ class RaopSession:
     def _teardown(
         self, request: RtspRequest, headers: list[tuple[str, str]], now: float
     ) -> RtspResponse:
-        self._end("teardown", now)
+        self.end(EndReason.TEARDOWN, now)
         headers.append(("Connection", "close"))
-        self.should_close = True
         return RtspResponse(200, headers)
 
     def _set_parameter(
@@ -548,9 +758,7 @@ class RaopSession:
             if "volume" in values:
                 volume = parse_volume(values["volume"])
                 if volume != self.volume:
-                    logger.info(
-                        "[session %d] volume %.2f (was %.2f)", self.session_id, volume, self.volume
-                    )
+                    self.log.info("volume %.2f (was %.2f)", volume, self.volume)
                 self.volume = volume
                 self._events.append(VolumeChanged(volume))
             if "progress" in values:
@@ -601,10 +809,7 @@ class RaopSession:
         # MFi-SAP needs Apple's authentication chip, and we do not advertise it (et has no
         # 4). An AirPort Express without it answers 501; senders that try anyway (PipeWire's
         # auth_setup mode) go on to ANNOUNCE without encryption whatever the answer is.
-        logger.info(
-            "[session %d] POST /auth-setup (MFi) not supported: 501, the sender goes on without",
-            self.session_id,
-        )
+        self.log.info("POST /auth-setup (MFi) not supported: 501, the sender goes on without")
         return RtspResponse(501, headers)
 
     # --------------------------------------------------------------- UDP side
@@ -663,9 +868,8 @@ class RaopSession:
         if budget == self._budget:
             return
         if self._budget is None or abs(budget.latency - self._budget.latency) > 0.01:
-            logger.info(
-                "[session %d] latency %.0f ms: batches of %.0f ms, repair window %.0f ms",
-                self.session_id,
+            self.log.info(
+                "latency %.0f ms: batches of %.0f ms, repair window %.0f ms",
                 budget.latency * 1e3,
                 budget.batch_delay * 1e3,
                 budget.repair_window * 1e3,
@@ -680,17 +884,6 @@ class RaopSession:
         """Audio starts at (seq, rtptime): earlier audio is dropped, losses before it count."""
         if self._audio is not None:
             self._audio.start_at(seq, rtptime)
-
-    def _end(self, reason: str, now: float | None) -> None:
-        if self.state is State.ENDED:
-            return
-        self.state = State.ENDED
-        self.arbiter.release(self)
-        if self._audio is not None:
-            self._audio.cipher = None  # forget the keys
-            self._audio.flush()
-        self._events.append(SessionEnded(reason))
-        logger.info("[session %d] ended: %s", self.session_id, reason)
 
 
 _Handler = Callable[[RaopSession, RtspRequest, list[tuple[str, str]], float], RtspResponse]
@@ -780,26 +973,12 @@ def _auth_failure(request: RtspRequest, nonce: str) -> str:
     value = request.headers.get("Authorization") or ""
     if not value.lower().startswith("digest "):
         return "not Digest credentials"
-    if _parse_digest(value[7:]).get("nonce") != nonce:
+    if digest.parse_fields(value).get("nonce") != nonce:
         return "stale nonce"
     return "wrong password"
 
 
-def _parse_digest(value: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for part in value.split(","):
-        key, sep, val = part.strip().partition("=")
-        if sep:
-            fields[key.strip().lower()] = val.strip().strip('"')
-    return fields
-
-
-def _md5_hex(text: str, upper: bool) -> str:
-    digest = hashlib.md5(text.encode("utf-8", "replace")).hexdigest()
-    return digest.upper() if upper else digest
-
-
-def _normalise_ip(ip: str) -> str:
+def normalise_ip(ip: str) -> str:
     """An address as text, without %scope, with IPv4-mapped IPv6 as plain IPv4."""
     ip = ip.split("%", 1)[0]
     try:
@@ -812,10 +991,14 @@ def _normalise_ip(ip: str) -> str:
 
 
 __all__ = [
+    "ALLOWED",
+    "PLAY_LOCKED",
+    "TRANSITIONS",
     "Channel",
     "RaopSession",
     "ReceiverInfo",
     "SessionPorts",
     "SessionSettings",
     "State",
+    "normalise_ip",
 ]

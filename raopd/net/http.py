@@ -7,10 +7,12 @@ be a heavy dependency for three read-only pages.
 
 Defensive by construction, because anything on the network can reach the port:
 - the request head is at most `max_head_bytes` (431 beyond), must arrive within
-  `read_timeout` seconds, and may not carry a body (413);
+  `read_timeout` seconds (2: a probe sends it in one packet), and may not carry a body (413);
 - a malformed request line or header gets 400, an unknown version 505, another method 405,
   an unknown path 404;
-- at most `max_connections` are served at once; more are closed at once;
+- at most `max_connections` are served at once, `max_per_address` from one address; a
+  newcomer over either limit closes the oldest connection still waiting for its request head
+  (an idle or trickling client), so probes are answered whatever other clients do;
 - a handler that raises gets 500 and a log line; the server itself never stops for a client.
 """
 
@@ -29,9 +31,10 @@ logger = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 8192
 MAX_HEADERS = 64
-READ_TIMEOUT = 10.0  # seconds for the whole request head: a probe sends it in one packet
+READ_TIMEOUT = 2.0  # seconds for the whole request head: a probe sends it in one packet
 WRITE_TIMEOUT = 10.0  # seconds to hand the response to a slow reader before giving up
 MAX_CONNECTIONS = 16
+MAX_PER_ADDRESS = 4  # kubelet and a Prometheus scraper need one each
 
 # RFC 9110 token characters, for methods and header names.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -63,6 +66,16 @@ class BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass(slots=True)
+class _Client:
+    """One connection being served, for the connection limits."""
+
+    address: str
+    accepted_at: float
+    reading: bool = True  # still waiting for its request head
+    evicted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +181,7 @@ class HttpServer:
         max_head_bytes: int = MAX_HEAD_BYTES,
         read_timeout: float = READ_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        max_per_address: int = MAX_PER_ADDRESS,
     ) -> None:
         self.routes = dict(routes)
         self.address = address
@@ -175,10 +189,13 @@ class HttpServer:
         self.max_head_bytes = max_head_bytes
         self.read_timeout = read_timeout
         self.max_connections = max_connections
+        self.max_per_address = max_per_address
         self.requests = 0  # answered requests of any status, for tests and metrics
-        self.refused = 0  # connections closed unanswered: over the limit
+        self.refused = 0  # connections closed unanswered: over the limit, nothing to evict
+        self.evicted = 0  # connections closed while waiting for their head, to make room
         self._server: asyncio.Server | None = None
-        self._active: set[asyncio.Task[None]] = set()
+        # Connections being served: (peer address, accepted at, still reading its head).
+        self._active: dict[asyncio.Task[None], _Client] = {}
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -218,18 +235,44 @@ class HttpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._active) >= self.max_connections:
+        peername = writer.get_extra_info("peername")
+        client = _Client(str(peername[0]) if peername else "", asyncio.get_running_loop().time())
+        if not self._make_room(client):
             self.refused += 1
             writer.transport.abort()
             return
-        self._active.add(task)
+        self._active[task] = client
         try:
-            await self._answer(reader, writer)
+            await self._answer(reader, writer, client)
+        except asyncio.CancelledError:
+            if not client.evicted:
+                raise
+            writer.transport.abort()  # evicted: make room at once, no goodbye
         except Exception:  # the one supervision point: a client never stops the server
             logger.exception("HTTP connection failed")
         finally:
-            self._active.discard(task)
-            await self._close(writer)
+            self._active.pop(task, None)
+            if not client.evicted:
+                await self._close(writer)
+
+    def _make_room(self, newcomer: _Client) -> bool:
+        """True when `newcomer` may be served, evicting a client stuck before its head."""
+        same = [t for t, c in self._active.items() if c.address == newcomer.address]
+        if len(same) >= self.max_per_address:
+            pool = same
+        elif len(self._active) >= self.max_connections:
+            pool = list(self._active)
+        else:
+            return True
+        waiting = [t for t in pool if self._active[t].reading and not self._active[t].evicted]
+        if not waiting:
+            return False
+        victim = min(waiting, key=lambda t: self._active[t].accepted_at)
+        self._active[victim].evicted = True
+        self._active.pop(victim)
+        victim.cancel()
+        self.evicted += 1
+        return True
 
     @staticmethod
     async def _close(writer: asyncio.StreamWriter) -> None:
@@ -243,10 +286,13 @@ class HttpServer:
             writer.transport.abort()
             raise
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: _Client
+    ) -> None:
         head_only = False
         try:
             head = await self._read_head(reader)
+            client.reading = False
             if head is None:
                 return  # the client left, or sent nothing in time: nobody to answer
             request = parse_head(head)

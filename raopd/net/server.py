@@ -8,6 +8,18 @@ decision is the session's.
 A connection's UDP ports are bound when it is accepted, on the local address the sender
 reached us on, from `udp_port_base` upwards (0: any free port), so the SETUP answer needs no
 callback into I/O. Anything that goes wrong inside one connection ends that connection only.
+
+Every way a connection ends goes through `RtspConnection._finish(reason)`: the session ends
+(releasing the play lock), its events reach the daemon, and the timer, UDP sockets and TCP
+transport are closed. When a newcomer displaces the playing session, the arbiter hands the
+displaced session back and the server ends it there, under that connection's own guard: no
+session's code runs inside another's.
+
+Bounded by construction: at most `max_connections` connections, `max_per_address` from one
+address (a newcomer over either limit closes the oldest connection that is not playing);
+a connection whose replies are not being read is not read either (write back-pressure), nor is
+one whose requests wait for a signature or a password back-off; RSA signatures for
+Apple-Challenge run on one worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -18,22 +30,29 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import cast
 
 from raopd.core.arbiter import PlayArbiter
-from raopd.core.events import Event
+from raopd.core.events import EndReason, Event
 from raopd.core.session import (
     Channel,
     RaopSession,
     ReceiverInfo,
     SessionPorts,
     SessionSettings,
+    normalise_ip,
 )
+from raopd.core.sessionlog import clip
+from raopd.core.throttle import PeerThrottle
+from raopd.errors import ProtocolError
+from raopd.media.crypto import apple_response
 
 logger = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 32  # each holds three UDP ports; senders open one or two at a time
+MAX_PER_ADDRESS = 4  # a sender needs two; the rest of the table stays free for others
 # Audio datagrams are read in batches, at most this long after the first one of a batch
 # arrives: each stream's latency budget (core/latency.py) picks its own delay up to this.
 # Each wake-up starts with cold caches: here the first ALAC packet decoded after a 100 ms
@@ -60,6 +79,8 @@ class ServerSettings:
     port: int = 5000
     udp_port_base: int = 6001  # 0: let the kernel pick
     udp_port_range: int = 100
+    max_connections: int = MAX_CONNECTIONS
+    max_per_address: int = MAX_PER_ADDRESS
 
 
 class UdpChannel(asyncio.DatagramProtocol):
@@ -178,21 +199,34 @@ class RtspConnection(asyncio.Protocol):
         self.session: RaopSession | None = None
         self.transport: asyncio.Transport | None = None
         self.channels: dict[Channel, UdpChannel | BatchedUdpChannel] = {}
+        self.peer_ip = ""
+        self.accepted_at = self.loop.time()
         self._scope_id = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._eof = False  # the peer sent FIN: answer what it sent, then close
+        self._write_paused = False
+        self._read_paused = False
+        self._signing = False
+        self._resume_scheduled = False
         # RTSP bytes that arrive while the UDP sockets are still being bound.
         self._early: list[bytes] = []
+
+    @property
+    def playing(self) -> bool:
+        """True when this connection's session holds the play lock."""
+        return self.session is not None and self.server.arbiter.holds(self.session)
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if len(self.server.connections) >= MAX_CONNECTIONS:
-            logger.warning(
-                "too many connections; refusing %s", transport.get_extra_info("peername")
-            )
+        peername = transport.get_extra_info("peername")
+        self.peer_ip = normalise_ip(str(peername[0])) if peername else ""
+        if not self.server.make_room_for(self):
+            logger.warning("too many connections; refusing %s", self.peer_ip)
+            self._closed = True
             transport.abort()
             return
         self.server.connections.add(self)
@@ -205,10 +239,40 @@ class RtspConnection(asyncio.Protocol):
             return
         self._guarded(lambda s: s.receive_data(data, self.loop.time()))
 
+    def eof_received(self) -> bool:
+        # Keep the transport open for writing: requests that came with the FIN are answered
+        # first (see _process), then the connection closes.
+        self._eof = True
+        if self.session is not None:
+            self._guarded(lambda s: None)
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.session is not None and not self._closed:
-            self._guarded(lambda s: s.connection_lost(self.loop.time()))
-        self._close()
+        self._finish(EndReason.CONNECTION_CLOSED)
+
+    def pause_writing(self) -> None:
+        # The peer does not read its replies: stop reading its requests until it does.
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._schedule_resume()
+        self._update_reading()
+
+    def _schedule_resume(self) -> None:
+        """Answer the next slice of pipelined requests after the loop's other work."""
+        session = self.session
+        if session is None or not session.backlogged or self._write_paused:
+            return
+        if not self._resume_scheduled:
+            self._resume_scheduled = True
+            self.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._resume_scheduled = False
+        if not self._write_paused:
+            self._guarded(lambda s: s.resume(self.loop.time()))
 
     # UDP
 
@@ -234,14 +298,15 @@ class RtspConnection(asyncio.Protocol):
     async def _open(self) -> None:
         """Bind the UDP channels, make the session, then feed it what already arrived."""
         assert self.transport is not None
+        if self._closed:
+            return  # evicted or gone before its turn came: no ports for it
         sockname = self.transport.get_extra_info("sockname")
         peername = self.transport.get_extra_info("peername")
         try:
             ports = await self._bind_udp(sockname)
         except OSError as exc:
-            logger.error("no free UDP ports for %s: %s", peername, exc)
-            self.transport.abort()
-            self._close()
+            logger.error("no free UDP ports for %s: %s", self.peer_ip, exc)
+            self._finish(EndReason.INTERNAL_ERROR, abort=True)
             return
         if self._closed:
             # The peer hung up while the ports were being bound (a TCP health probe does
@@ -258,12 +323,12 @@ class RtspConnection(asyncio.Protocol):
             arbiter=self.server.arbiter,
             settings=self.server.session_settings,
             session_id=next(self.server.ids),
+            throttle=self.server.throttle,
         )
-        self.session.wakeup = self._process
-        logger.info("[session %d] connection from %s", self.session.session_id, peername[0])
-        early, self._early = self._early, []
-        for data in early:
-            self._guarded(lambda s, d=data: s.receive_data(d, self.loop.time()))  # type: ignore[misc]
+        self.session.log.info("connection from %s", self.peer_ip)
+        data = b"".join(self._early)
+        self._early = []
+        self._guarded(lambda s: s.receive_data(data, self.loop.time()))
 
     async def _bind_udp(self, sockname: tuple[object, ...]) -> SessionPorts:
         host = str(sockname[0])
@@ -313,10 +378,11 @@ class RtspConnection(asyncio.Protocol):
             step(session)
             self._process()
         except Exception:
-            logger.exception("[session %d] internal error; closing it", session.session_id)
-            self._abort()
+            session.log.exception("internal error; closing it")
+            self._finish(EndReason.INTERNAL_ERROR, abort=True)
         finally:
             self.server.busy_seconds += time.perf_counter() - started
+        self.server.end_displaced()
 
     def _process(self) -> None:
         session = self.session
@@ -334,17 +400,61 @@ class RtspConnection(asyncio.Protocol):
             if ":" in host:
                 addr = (host, port, 0, self._scope_id)
             udp.sendto(payload, addr)
-        while (event := session.next_event()) is not None:
-            self.server.on_event(session, event)
+        self._route_events()
         audio = self.channels.get(Channel.AUDIO)
         if isinstance(audio, BatchedUdpChannel):
             # The stream's latency budget decides how long audio may wait to be read.
             audio.delay = session.input_batch_delay
+        if session.signature_wanted is not None and not self._signing:
+            self._signing = True
+            self.server.track(self.loop.create_task(self._sign(session.signature_wanted)))
+        if self._eof and session.wants_input and session.signature_wanted is None:
+            # Everything the peer sent before its FIN is answered: nothing more will come.
+            session.end(EndReason.CONNECTION_CLOSED, self.loop.time())
         if session.should_close:
-            self.transport.close()  # after the buffered response is written
-            self._close()
+            self._finish(session.end_reason or EndReason.CONNECTION_CLOSED)
             return
+        self._schedule_resume()
+        self._update_reading()
         self._arm_timer()
+
+    def _route_events(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        while (event := session.next_event()) is not None:
+            self.server.on_event(session, event)
+
+    async def _sign(self, challenge: str) -> None:
+        """The Apple-Response for `challenge`, computed on the signing thread."""
+        session = self.session
+        assert session is not None
+        response: str | None = None
+        try:
+            response = await self.loop.run_in_executor(
+                self.server.signer,
+                apple_response,
+                challenge,
+                session.local_ip,
+                session.receiver.hw_addr,
+            )
+        except ProtocolError as exc:
+            session.log.warn_limited(self.loop.time(), "bad Apple-Challenge: %s", clip(exc))
+        finally:
+            self._signing = False
+        self._guarded(lambda s: s.signature_made(response, self.loop.time()))
+
+    def _update_reading(self) -> None:
+        """Read only while the session wants input and the peer reads its replies."""
+        if self.transport is None or self._closed or self.session is None:
+            return
+        want = self.session.wants_input and not self._write_paused
+        if want and self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        elif not want and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
 
     def _arm_timer(self) -> None:
         assert self.session is not None
@@ -361,24 +471,35 @@ class RtspConnection(asyncio.Protocol):
         self._timer = None
         self._guarded(lambda s: s.handle_timer(self.loop.time()))
 
-    def _abort(self) -> None:
-        if self.session is not None:
-            self.session.connection_lost(self.loop.time())
-            while (event := self.session.next_event()) is not None:
-                self.server.on_event(self.session, event)
-        if self.transport is not None:
-            self.transport.abort()
-        self._close()
+    def end(self, reason: EndReason) -> None:
+        """End this connection's session for `reason` (shutdown, eviction, displacement)."""
+        if self.session is None or self._closed:
+            self._finish(reason)
+            return
+        self._guarded(lambda s: s.end(reason, self.loop.time()))
 
-    def _close(self) -> None:
+    def _finish(self, reason: EndReason, abort: bool = False) -> None:
+        """The one way a connection ends: session, events, timer, UDP ports, transport."""
         if self._closed:
             return
         self._closed = True
+        session = self.session
+        if session is not None:
+            try:
+                session.end(reason, self.loop.time())
+                self._route_events()
+            except Exception:  # the cleanup below must run whatever happens here
+                session.log.exception("error while ending it")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._close_udp()
         self.server.connections.discard(self)
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()  # after the buffered response is written
 
     def _close_udp(self) -> None:
         for udp in self.channels.values():
@@ -386,12 +507,8 @@ class RtspConnection(asyncio.Protocol):
         self.channels.clear()
 
     def shutdown(self) -> None:
-        """Daemon shutdown: end the session as if the sender had left, and close."""
-        if self.session is not None and not self._closed:
-            self._guarded(lambda s: s.connection_lost(self.loop.time()))
-        if self.transport is not None:
-            self.transport.close()
-        self._close()
+        """Daemon shutdown: end the session and close."""
+        self.end(EndReason.SHUTDOWN)
 
 
 class RtspServer:
@@ -403,18 +520,27 @@ class RtspServer:
         receiver: ReceiverInfo,
         settings: ServerSettings,
         session_settings: SessionSettings,
-        arbiter: PlayArbiter,
+        arbiter: PlayArbiter[RaopSession],
         on_event: EventSink,
+        throttle: PeerThrottle | None = None,
     ) -> None:
         self.receiver = receiver
         self.settings = settings
         # Audio is read in batches: sessions shorten their repair window to match.
         self.session_settings = replace(
-            session_settings, input_delay=max(session_settings.input_delay, AUDIO_BATCH_DELAY)
+            session_settings,
+            input_delay=max(session_settings.input_delay, AUDIO_BATCH_DELAY),
+            defer_signatures=True,
         )
         self.arbiter = arbiter
         self.on_event = on_event
         self.connections: set[RtspConnection] = set()
+        self.throttle = throttle or PeerThrottle()
+        # One thread for RSA signatures: a flood of challenges queues there (and is
+        # rate-limited per address by the throttle) instead of stalling the event loop.
+        self.signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raopd-rsa")
+        self.evicted = 0  # connections closed to make room for newer ones
+        self.refused = 0  # connections refused at accept
         self.ids = itertools.count(1)
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -454,6 +580,41 @@ class RtspServer:
         self._servers.clear()
         for task in list(self._tasks):
             task.cancel()
+        self.signer.shutdown(wait=False, cancel_futures=True)
+
+    def make_room_for(self, newcomer: RtspConnection) -> bool:
+        """Whether `newcomer` may be served, closing an idle connection if that is needed.
+
+        Over the per-address limit the oldest connection from the same address goes; over
+        the global one, the oldest anywhere. The playing connection is never chosen.
+        """
+        settings = self.settings
+        same = [c for c in self.connections if c.peer_ip == newcomer.peer_ip]
+        if len(same) >= settings.max_per_address:
+            pool = same
+        elif len(self.connections) >= settings.max_connections:
+            pool = list(self.connections)
+        else:
+            return True
+        candidates = sorted((c for c in pool if not c.playing), key=lambda c: c.accepted_at)
+        if not candidates:
+            self.refused += 1
+            return False
+        victim = candidates[0]
+        self.evicted += 1
+        logger.info("closing an idle connection from %s to make room", victim.peer_ip)
+        victim.end(EndReason.EVICTED)
+        return True
+
+    def end_displaced(self) -> None:
+        """End the sessions the arbiter says were displaced, each under its own guard."""
+        for session in self.arbiter.take_displaced():
+            for connection in list(self.connections):
+                if connection.session is session:
+                    connection.end(EndReason.INTERRUPTED)
+                    break
+            else:
+                session.end(EndReason.INTERRUPTED, asyncio.get_running_loop().time())
 
     def track(self, task: asyncio.Task[None]) -> None:
         """Keep a reference to a connection's set-up task until it is done."""

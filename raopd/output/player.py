@@ -10,6 +10,12 @@ While a clocked device is gone (unplugged), the thread keeps pulling and discard
 real time, so the stream's timeline moves on and playback resumes in sync when the device is
 back; it retries the device through `sink.reopen_if_due()` and keeps its heartbeat.
 
+The thread never dies of what it is given: a Push whose audio is not (frames, 2) int16 is
+counted in `rejected_frames` and dropped, and any other exception in one round of the loop is
+logged (at most once every ERROR_LOG_INTERVAL seconds), counted in `errors`, and the loop goes
+on. A sink that fails for good says so in its `fault` (disk full, broken pipe), which the
+snapshot carries to /readyz.
+
 Other threads read `snapshot()`: a copy of the playout and sink counters published by the output
 thread under a lock, plus the smallest DAC queue and whether every block was bit-exact since the
 previous `snapshot(reset=True)` (the statistics line's interval).
@@ -38,6 +44,8 @@ from raopd.output.sinks import AudioSink
 logger = logging.getLogger(__name__)
 
 IDLE_POLL = 0.5  # seconds between liveness ticks while nothing plays
+ERROR_LOG_INTERVAL = 10.0  # seconds between logged tracebacks of a repeating failure
+CHANNELS = 2  # what every sink takes (sinks.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +106,14 @@ class OutputSnapshot:
     """Every block written since the previous reset was the sender's samples untouched."""
     sink: AlsaCounters | None
     """ALSA counters (None for a file)."""
+    fault: str | None = None
+    """Why the output cannot take audio now (disk full, broken pipe); None when it can."""
+    errors: int = 0
+    """Rounds of the output loop that failed with an exception (and were survived)."""
+    rejected_frames: int = 0
+    """Frames dropped because their block was not (frames, 2) int16."""
+    sink_dropped_frames: int = 0
+    """Frames a faulted file sink could not write."""
 
 
 class OutputThread:
@@ -126,6 +142,9 @@ class OutputThread:
         self._published = PlayoutStats()
         self._interval_min: int | None = None
         self._interval_exact = True
+        self.errors = 0
+        self.rejected_frames = 0
+        self._error_logged_at = float("-inf")
         # How full to keep the device buffer and how much to write at a time: from the
         # stream's latency (core/latency.py). None: full, a period at a time (2 s senders).
         self._fill_frames: int | None = None
@@ -149,6 +168,8 @@ class OutputThread:
         """A consistent copy of the output's counters; `reset` starts a new interval."""
         counters = getattr(self.sink, "counters", None)
         sink = counters() if callable(counters) else None
+        fault = getattr(self.sink, "fault", None)
+        dropped = int(getattr(self.sink, "frames_dropped", 0))
         with self._lock:
             snap = OutputSnapshot(
                 heartbeat=self.heartbeat,
@@ -160,6 +181,10 @@ class OutputThread:
                 interval_min_dac_queue=self._interval_min,
                 interval_bit_exact=self._interval_exact,
                 sink=sink if isinstance(sink, AlsaCounters) else None,
+                fault=fault if isinstance(fault, str) else None,
+                errors=self.errors,
+                rejected_frames=self.rejected_frames,
+                sink_dropped_frames=dropped,
             )
             if reset:
                 self._interval_min = None
@@ -173,14 +198,23 @@ class OutputThread:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        try:
-            if self.sink.clocked:
-                self._run_clocked()
-            else:
-                self._run_untimed()
-        except Exception as exc:  # the thread's one supervision point
-            self._error = exc
-            logger.exception("audio output thread failed")
+        run = self._run_clocked if self.sink.clocked else self._run_untimed
+        while True:
+            try:
+                run()
+                return  # a Stop command
+            except Exception as exc:  # the thread's one supervision point: count, log, go on
+                self._error = exc
+                self.errors += 1
+                now = self._clock()
+                if now - self._error_logged_at >= ERROR_LOG_INTERVAL:
+                    self._error_logged_at = now
+                    logger.exception("audio output failed (%d times so far); going on", self.errors)
+                try:
+                    self.playout.flush(None)  # whatever state led here is not replayed
+                except Exception:  # the loop must survive a broken playout too
+                    logger.debug("playout flush after an error failed", exc_info=True)
+                time.sleep(0.1)  # a failure that repeats at once must not spin a core
 
     def _run_untimed(self) -> None:
         while True:
@@ -188,6 +222,7 @@ class OutputThread:
                 command = self._queue.get(timeout=IDLE_POLL)
             except queue.Empty:
                 self.heartbeat = self._clock()
+                self.sink.reopen_if_due()  # a faulted file looks whether it works again
                 continue
             self.heartbeat = self._clock()
             if isinstance(command, Stop):
@@ -195,7 +230,7 @@ class OutputThread:
             self._apply(command)
             block = self.playout.pull_available()
             if len(block):
-                self.sink.write(block)
+                self.sink.write(block)  # a file sink never raises: it faults and counts
                 self._account(len(block), None)
 
     def _run_clocked(self) -> None:
@@ -273,7 +308,12 @@ class OutputThread:
 
     def _apply(self, command: Command) -> None:
         if isinstance(command, Push):
-            self.playout.push(command.rtptime, command.pcm)
+            pcm = command.pcm
+            if pcm.ndim != 2 or pcm.shape[1] != CHANNELS or pcm.dtype != np.int16:
+                self.rejected_frames += len(pcm)
+                logger.debug("dropped a block of shape %s, %s", pcm.shape, pcm.dtype)
+                return
+            self.playout.push(command.rtptime, pcm)
             self._playing = True
         elif isinstance(command, Flush):
             self.playout.flush(command.until_rtptime)

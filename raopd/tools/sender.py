@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import ipaddress
 import logging
 import random
@@ -51,6 +50,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from raopd import __version__
+from raopd.core import digest
 from raopd.core.ntp import NTP_EPOCH_OFFSET, seconds_to_ntp
 from raopd.core.packets import (
     AudioPacket,
@@ -296,15 +296,9 @@ def wrap_session_key(aes_key: bytes) -> bytes:
 def digest_authorization(
     *, username: str, password: str, realm: str, nonce: str, method: str, uri: str
 ) -> str:
-    """The `Authorization` value for RTSP Digest (RFC 2069: MD5, no qop, lower-case hex)."""
-
-    def md5(text: str) -> str:
-        return hashlib.md5(text.encode()).hexdigest()
-
-    response = md5(f"{md5(f'{username}:{realm}:{password}')}:{nonce}:{md5(f'{method}:{uri}')}")
-    return (
-        f'Digest username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-        f'response="{response}"'
+    """The `Authorization` value for RTSP Digest (core/digest.py: RFC 2069, lower-case hex)."""
+    return digest.authorization(
+        username=username, password=password, realm=realm, nonce=nonce, method=method, uri=uri
     )
 
 
@@ -377,16 +371,6 @@ def _transport_fields(value: str) -> dict[str, str]:
         key, sep, val = token.strip().partition("=")
         if sep:
             out[key.strip().lower()] = val.strip()
-    return out
-
-
-def _auth_params(value: str) -> dict[str, str]:
-    _, _, rest = value.partition(" ")
-    out: dict[str, str] = {}
-    for part in rest.split(","):
-        key, sep, val = part.strip().partition("=")
-        if sep:
-            out[key.strip().lower()] = val.strip().strip('"')
     return out
 
 
@@ -696,7 +680,7 @@ class RaopSender:
         reply = await self._exchange(method, uri, headers, body)
         if reply.status == 401 and self.options.password is not None and self._auth is None:
             challenge = reply.headers.get("WWW-Authenticate") or ""
-            fields = _auth_params(challenge)
+            fields = digest.parse_fields(challenge)
             if not challenge.lower().startswith("digest") or "nonce" not in fields:
                 raise SenderError(f"{method}: unusable WWW-Authenticate {challenge!r}")
             self._auth = (fields.get("realm", ""), fields["nonce"])

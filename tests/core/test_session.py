@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from raopd.core.arbiter import PlayArbiter
-from raopd.core.events import AudioReady, SessionEnded, StreamStarted, VolumeChanged
+from raopd.core.events import AudioReady, EndReason, SessionEnded, StreamStarted, VolumeChanged
 from raopd.core.jitter import JitterSettings
 from raopd.core.ntp import ns_to_ntp
 from raopd.core.packets import AudioPacket, ResendRequest, ResentAudio, SyncPacket, TimingPacket
@@ -234,14 +234,16 @@ def test_interruption_allowed_preempts_the_playing_session():
     arbiter = PlayArbiter(allow_interruption=True)
     first, second = make_session(arbiter), make_session(arbiter)
     start(first)
-    woken = []
-    first.wakeup = lambda: woken.append(True)
     body, _ = sdp(False)
     assert (
         exchange(second, request("ANNOUNCE", body=body, Content_Type="application/sdp"))[0] == 200
     )
-    assert first.should_close and woken == [True]
-    assert _last_event(first) == SessionEnded("interrupted by another sender")
+    # The arbiter hands the displaced session back; the caller (the server) ends it.
+    assert arbiter.take_displaced() == [first]
+    assert not arbiter.holds(first) and arbiter.holds(second)
+    first.end(EndReason.INTERRUPTED, 1.0)
+    assert first.should_close
+    assert _last_event(first) == SessionEnded(EndReason.INTERRUPTED)
 
 
 def _last_event(session):
@@ -281,13 +283,15 @@ def test_password_protects_everything_but_options(upper):
         == 401
     )
     good = digest("ANNOUNCE", "rtsp://192.0.2.1/1", "secret", upper=upper)
-    assert (
-        exchange(
-            session,
-            request("ANNOUNCE", body=body, Authorization=good, Content_Type="application/sdp"),
-        )[0]
-        == 200
+    # A wrong answer holds the next one back (half a second after the first failure).
+    session.receive_data(
+        request("ANNOUNCE", body=body, Authorization=good, Content_Type="application/sdp"), 0.1
     )
+    assert session.data_to_send() == b""
+    assert session.get_timer() == pytest.approx(0.5)
+    session.handle_timer(0.5)
+    ((status, _, _),) = responses(session.data_to_send())
+    assert status == 200
 
 
 def test_teardown_with_empty_uri_is_answered_and_ends_the_session():
@@ -297,7 +301,7 @@ def test_teardown_with_empty_uri_is_answered_and_ends_the_session():
     ((status, headers, _),) = responses(session.data_to_send())
     assert status == 200 and headers["CSeq"] == "9"
     assert session.should_close
-    assert _last_event(session) == SessionEnded("teardown")
+    assert _last_event(session) == SessionEnded(EndReason.TEARDOWN)
 
 
 def test_unknown_methods_get_501_and_info_a_binary_plist():
@@ -357,7 +361,7 @@ def test_idle_session_times_out():
     start(session)
     assert session.get_timer() <= 5.0
     session.handle_timer(5.0)
-    assert SessionEnded("timed out") in _events(session)
+    assert SessionEnded(EndReason.TIMED_OUT) in _events(session)
     assert session.get_timer() is None
 
 

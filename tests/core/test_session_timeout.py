@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from raopd.core.arbiter import PlayArbiter
-from raopd.core.events import SessionEnded
+from raopd.core.events import EndReason, SessionEnded
 from tests.core.test_session import exchange, make_session, request, sdp, start
 
 
@@ -12,7 +12,7 @@ def test_timed_out_session_closes_its_connection_and_frees_the_receiver():
     first, second = make_session(arbiter, session_timeout=5.0), make_session(arbiter)
     start(first)
     first.handle_timer(5.0)
-    assert SessionEnded("timed out") in list(iter(first.next_event, None))
+    assert SessionEnded(EndReason.TIMED_OUT) in list(iter(first.next_event, None))
     assert first.should_close  # the adapter closes the TCP connection
     first.receive_data(request("OPTIONS", cseq=9), 6.0)
     assert first.data_to_send() == b""  # no zombie answers
