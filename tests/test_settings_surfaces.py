@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Candidate values; each setting takes the first one that differs from its default and that
 # load_config accepts, so a new setting needs no entry here unless none of them fits.
 CANDIDATES: dict[str, list[object]] = {
-    "int": [5001, 7000, 50, 4096, 4],
+    "int": [5001, 7000, 50, 4096, 4, 8],
     "float": [1.5, -6.0, 0.5, 40.0, 0.01, -1.0],
     "str": ["PCM", "flat", "debug", "127.0.0.1", "0A1B2C3D4E5F", "hw:1", "Den"],
     "bool": [True, False],
