@@ -232,7 +232,9 @@ class Config:
     )
     ignore_volume: bool = _setting(False, "bool", "ignore volume changes from senders")
     default_volume: float = _setting(
-        -24.0,
+        # Full scale: some senders never send a volume (PipeWire scales the samples itself)
+        # and would otherwise be stuck at whatever this is.
+        0.0,
         "float",
         "AirPlay volume before a sender sets one (-30..0, -144 = mute)",
         lambda v: (

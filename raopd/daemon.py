@@ -40,6 +40,7 @@ from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
 from raopd.core.volume import volume_to_gain
 from raopd.errors import OutputError
+from raopd.media import crypto
 from raopd.net.device_id import load_or_create_device_id
 from raopd.net.http import HttpServer
 from raopd.net.mdns import MdnsAdvertiser
@@ -47,7 +48,7 @@ from raopd.net.server import RtspServer, ServerSettings
 from raopd.output.mixer import HardwareMixer
 from raopd.output.player import EndStream, Flush, OutputThread, Push, SetGain, UseClock
 from raopd.output.sinks import AlsaSink, AudioSink, FileSink
-from raopd.output.statistics import format_statistics
+from raopd.output.statistics import format_statistics, not_as_sent
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class DaemonState:
     counters: dict[str, int] = field(default_factory=dict)
     totals: metrics.SessionTotals = field(default_factory=metrics.SessionTotals)
     http: HttpServer | None = None
+    # Packets the playing session had not played as sent at the previous statistics line.
+    not_as_sent: tuple[RaopSession, int] | None = None
 
 
 def open_sink(config: Config) -> AudioSink:
@@ -235,11 +238,18 @@ def statistics_line(state: DaemonState) -> str:
     """The statistics line for what is playing now."""
     output = state.output.snapshot(reset=True) if state.output is not None else None
     session = state.playing
+    if session is None:
+        return format_statistics(output)
+    count = not_as_sent(session.audio_stats, session.jitter_stats)
+    previous = state.not_as_sent
+    before = previous[1] if previous is not None and previous[0] is session else 0
+    state.not_as_sent = (session, count)
     return format_statistics(
         output,
-        session.stats if session is not None else None,
-        session.jitter_stats if session is not None else None,
-        session.estimate if session is not None else None,
+        session.audio_stats,
+        session.jitter_stats,
+        session.estimate,
+        replaced_in_interval=count - before,
     )
 
 
@@ -280,6 +290,7 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             state.http = http
 
         sink = open_sink(config)
+        sink_is_file = not sink.clocked
         stack.callback(sink.close)
         output = OutputThread(
             sink, playout_settings(config, sink.clocked), period_frames=config.period_frames
@@ -297,6 +308,8 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             stats_task = asyncio.create_task(log_statistics(state, config.statistics_interval))
             stack.push_async_callback(_cancel, stats_task)
 
+        # The AirPort key loaded and RSA run once now, not while the first sender waits.
+        crypto.warm_up()
         server = RtspServer(
             receiver=receiver,
             settings=ServerSettings(
@@ -310,6 +323,9 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
                 session_timeout=config.session_timeout or float("inf"),
                 latency_offset=config.latency_offset,
                 initial_volume=config.default_volume,
+                # A file has no device buffer to keep ahead of; ALSA's as configured.
+                output_buffer_frames=0 if sink_is_file else config.buffer_frames,
+                output_period_frames=0 if sink_is_file else config.period_frames,
             ),
             arbiter=PlayArbiter(config.allow_session_interruption),
             on_event=router,

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raopd.core.audio_format import SAMPLE_RATE
 from raopd.core.events import (
     ArtworkReceived,
     AudioReady,
@@ -65,6 +66,9 @@ class ReplaySummary:
     lost: int = 0
     resend_requests: int = 0
     bad_datagrams: int = 0
+    undecodable: dict[str, int] = field(default_factory=dict)  # packets, by reason
+    stray: int = 0
+    paced: int = 0
     frames_out: int = 0
     silent_frames: int = 0
     flushes: int = 0
@@ -76,7 +80,9 @@ class ReplaySummary:
 
     def render(self) -> str:
         """The one-screen summary."""
-        seconds = self.frames_out / 44100
+        seconds = self.frames_out / SAMPLE_RATE
+        undecodable = sum(self.undecodable.values())
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.undecodable.items()))
         lines = [
             f"capture        {self.capture}",
             f"sender         {self.user_agent or '?'}"
@@ -89,8 +95,11 @@ class ReplaySummary:
             f"gaps           {self.missing} packets missing, {self.lost} never repaired, "
             f"{self.resend_requests} resend requests",
             f"bad datagrams  {self.bad_datagrams}",
+            f"undecodable    {undecodable} packets"
+            + (f" ({reasons}), played as silence" if undecodable else ""),
+            f"dropped        {self.stray} stray, {self.paced} far ahead of real time",
             f"frames out     {self.frames_out} ({seconds:.3f} s, {self.silent_frames} silent "
-            "for losses)",
+            "for lost or undecodable audio)",
             f"flushes        {self.flushes}",
             f"volume         {self.volume if self.volume is not None else '-'}",
             f"metadata       {'; '.join(self.metadata) or '-'}",
@@ -218,9 +227,13 @@ def _fill_counters(session: RaopSession, summary: ReplaySummary) -> None:
     summary.requests = [
         name if count == 1 else f"{name} x{count}" for name, count in session.request_counts.items()
     ]
-    summary.audio_packets = session.stats.audio_packets
-    summary.resent_packets = session.stats.resent_packets
-    summary.bad_datagrams = session.stats.bad_datagrams + session.stats.undecodable
+    audio = session.audio_stats
+    summary.audio_packets = audio.audio_packets
+    summary.resent_packets = audio.resent_packets
+    summary.bad_datagrams = session.stats.bad_datagrams
+    summary.undecodable = dict(audio.undecodable_by_reason)
+    summary.stray = jitter.stray
+    summary.paced = audio.paced_packets
     summary.duplicates = jitter.duplicates
     summary.late = jitter.late
     summary.missing = jitter.missing

@@ -59,7 +59,8 @@ def udp_drops(ports: Iterable[int]) -> int:
 class Daemon:
     """One raopd process writing to `output`."""
 
-    def __init__(self, workdir: Path, extra: list[str]) -> None:
+    def __init__(self, workdir: Path, extra: list[str], root: Path = ROOT) -> None:
+        self.root = root  # the checkout whose raopd runs (benchmarks compare two)
         self.workdir = workdir
         self.output = workdir / "out.wav"
         self.port = free_tcp_port()
@@ -94,7 +95,7 @@ class Daemon:
             "--name",
             "e2e",
             *self.extra,
-            cwd=ROOT,
+            cwd=self.root,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,

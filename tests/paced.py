@@ -1,0 +1,214 @@
+"""A paced audio output for tests: ALSA `pulse` PCMs into one PulseAudio sink, recorded whole.
+
+ALSA's `null` device takes audio as fast as it is written, so timing bugs that only show on a
+device that consumes 44.1 kHz in real time (underflows, sync error, late starts) never show on
+it. This fixture runs a private PulseAudio daemon whose only real sink is `module-pipe-sink`
+with `use_system_clock_for_timing=yes`: a sink that renders on a timer exactly like a DAC
+without a clock of its own (the monotonic clock), and writes every rendered frame, silence
+included, into a FIFO that a thread here reads. So:
+
+* every output shares **one clock and one recording**: output *k* is a `module-remap-sink`
+  onto channels 2k and 2k+1 of the master sink, so two receivers played through `paced0` and
+  `paced1` can be compared frame by frame without any alignment guesswork;
+* the recording is continuous from the moment the sink loads (no client-side start-up loss,
+  which `parec` on a monitor source showed here: it missed 250 ms-1 s at the start);
+* at 100 % volume with one stream per output, PulseAudio passes the samples through unchanged
+  (checked by `tests/test_paced.py`), so a bit-exact receiver stays bit-exact in the recording.
+
+A process plays to it through ALSA with `ALSA_CONFIG_PATH` set to `PacedOutput.alsa_config`
+and device `paced<k>`; the PCMs report underruns (`handle_underrun`), which raopd counts.
+
+Each read from the FIFO is stamped with `time.monotonic()`: `frame_times()` gives the
+recording's frame-to-time relation, good to the granularity of the sink's writes, for tests
+that need to relate a recorded frame to the clock a receiver schedules against.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+RATE = 44100
+SAMPLE_BYTES = 2  # s16le
+START_TIMEOUT = 20.0  # seconds for the daemon and its FIFO to appear on a loaded machine
+
+
+@dataclass
+class PacedOutput:
+    """A running paced sink: `outputs` stereo ALSA PCMs, one recording of them all."""
+
+    directory: Path
+    outputs: int
+    alsa_config: Path
+    server: str
+    process: subprocess.Popen[bytes]
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _data: bytearray = field(default_factory=bytearray)
+    _stamps: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return 2 * self.outputs
+
+    def device(self, index: int = 0) -> str:
+        """The ALSA PCM name of output `index`."""
+        if not 0 <= index < self.outputs:
+            raise IndexError(f"paced output {index} of {self.outputs}")
+        return f"paced{index}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a process that plays to the paced outputs through ALSA."""
+        return {"ALSA_CONFIG_PATH": str(self.alsa_config)}
+
+    def recorded_frames(self) -> int:
+        with self._lock:
+            return len(self._data) // (SAMPLE_BYTES * self.channels)
+
+    def recording(self) -> np.ndarray:
+        """Everything recorded so far: int16 (frames, 2 * outputs)."""
+        with self._lock:
+            usable = len(self._data) - len(self._data) % (SAMPLE_BYTES * self.channels)
+            data = bytes(self._data[:usable])
+        return np.frombuffer(data, dtype="<i2").reshape(-1, self.channels)
+
+    def output(self, index: int = 0) -> np.ndarray:
+        """What output `index` played, so far: int16 (frames, 2), on the shared timeline."""
+        self.device(index)
+        return np.ascontiguousarray(self.recording()[:, 2 * index : 2 * index + 2])
+
+    def frame_times(self) -> tuple[float, float]:
+        """(time of frame 0 on the monotonic clock, seconds per frame), fitted to the reads.
+
+        A read returns frames the sink had rendered by then, so each stamp is an upper bound
+        of its last frame's time; the lower envelope is the tightest estimate. The slope is
+        fitted by least squares and the line then lowered to touch the earliest stamps.
+        """
+        with self._lock:
+            stamps = np.array(self._stamps, dtype=float)
+        if len(stamps) < 2:
+            raise ValueError("not enough of the recording yet")
+        times, ends = stamps[:, 0], stamps[:, 1] / (SAMPLE_BYTES * self.channels)
+        slope, _ = np.polyfit(ends, times, 1)
+        origin = float(np.min(times - slope * ends))
+        return origin, float(slope)
+
+    def _read(self, fifo: Path) -> None:
+        with fifo.open("rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                now = time.monotonic()
+                with self._lock:
+                    self._data += chunk
+                    self._stamps.append((now, len(self._data)))
+
+
+def _pulse_script(socket: Path, fifo: Path, outputs: int) -> str:
+    """PulseAudio start-up commands: the timed pipe sink and one remap sink per output."""
+    channels = 2 * outputs
+    master_map = ",".join(f"aux{i}" for i in range(channels))
+    lines = [
+        f"load-module module-native-protocol-unix socket={socket} auth-anonymous=1",
+        f"load-module module-pipe-sink sink_name=paced file={fifo} format=s16le rate={RATE} "
+        f"channels={channels} channel_map={master_map} use_system_clock_for_timing=yes",
+    ]
+    for k in range(outputs):
+        lines.append(
+            f"load-module module-remap-sink sink_name=paced{k} master=paced channels=2 "
+            f"master_channel_map=aux{2 * k},aux{2 * k + 1} channel_map=front-left,front-right "
+            "remix=no"
+        )
+    lines.append("set-default-sink paced0")
+    return "\n".join(lines) + "\n"
+
+
+def _alsa_config(server: str, outputs: int) -> str:
+    pcms = []
+    for k in range(outputs):
+        pcms.append(
+            f'pcm.paced{k} {{\n    type pulse\n    server "{server}"\n'
+            f'    device "paced{k}"\n    handle_underrun true\n}}\n'
+        )
+    return "".join(pcms)
+
+
+@contextmanager
+def paced_output(directory: Path, outputs: int = 1) -> Iterator[PacedOutput]:
+    """Start the private PulseAudio daemon and the recorder; stop and clean up afterwards.
+
+    Needs Debian's `pulseaudio` and `libasound2-plugins` (the ALSA `pulse` PCM).
+    """
+    if shutil.which("pulseaudio") is None:
+        raise RuntimeError("pulseaudio is not installed (apt-get install pulseaudio)")
+    home = directory / "pulse"
+    home.mkdir(parents=True, exist_ok=True)
+    socket, fifo, script = home / "native", home / "paced.fifo", home / "paced.pa"
+    script.write_text(_pulse_script(socket, fifo, outputs))
+    server = f"unix:{socket}"
+    alsa_config = directory / "asound-paced.conf"
+    alsa_config.write_text(_alsa_config(server, outputs))
+    env = dict(os.environ)
+    # A private daemon: its own home and runtime dir, no D-Bus, no autospawned sibling.
+    env.update(
+        HOME=str(home),
+        XDG_RUNTIME_DIR=str(home),
+        XDG_CONFIG_HOME=str(home),
+        PULSE_RUNTIME_PATH=str(home),
+    )
+    env.pop("DBUS_SESSION_BUS_ADDRESS", None)
+    log = (directory / "pulseaudio.log").open("wb")
+    process = subprocess.Popen(
+        [
+            "pulseaudio",
+            "-n",
+            "--daemonize=no",
+            "--exit-idle-time=-1",
+            "--use-pid-file=no",
+            "--realtime=no",
+            "--high-priority=no",
+            "--log-target=stderr",
+            "--system=no",
+            "-F",
+            str(script),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    paced = PacedOutput(directory, outputs, alsa_config, server, process)
+    reader: threading.Thread | None = None
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (socket.exists() and fifo.exists()):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "paced PulseAudio did not start:\n"
+                    + (directory / "pulseaudio.log").read_text(errors="replace")
+                )
+            time.sleep(0.02)
+        reader = threading.Thread(target=paced._read, args=(fifo,), name="paced-recorder")
+        reader.start()
+        while paced.recorded_frames() == 0:  # the sink renders (silence) from the start
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the paced sink wrote nothing")
+            time.sleep(0.02)
+        yield paced
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        if reader is not None:
+            reader.join(timeout=10)
