@@ -120,8 +120,13 @@ def assert_plays_what_was_sent(session: Session) -> np.ndarray:
 def assert_is_source(sent: np.ndarray, source: np.ndarray, *, head: int, tail: int) -> None:
     """`sent` is `source` bit for bit, less at most `head` frames at the start and `tail`
     frames at the end (what a sender drops before RECORD is answered / in its last cycle)."""
-    start = _find(source[: head + 1 + 64], sent[:64])
-    assert start is not None, f"the wire audio does not start within {head} frames of the source"
+    start = _find(source[: head + 64], sent[:64])
+    if start is None:
+        anywhere = _find(source, sent[:64])
+        raise AssertionError(
+            f"the wire audio does not start within {head} frames of the source"
+            + (f" but at frame {anywhere}" if anywhere is not None else " (nor anywhere in it)")
+        )
     assert np.array_equal(sent, source[start : start + len(sent)]), (
         "wire audio is not the source: " + first_difference(sent, source[start:])
     )

@@ -115,6 +115,7 @@ class WireAudio:
     first_rtptime: int
     frames_per_packet: int
     requests: list[str]  # "METHOD uri -> status" for each RTSP request the sender sent
+    parameters: list[str]  # the text/parameters bodies it sent (volume, progress)
 
     @property
     def encrypted(self) -> bool:
@@ -218,6 +219,11 @@ def wire_audio(path: Path, server_port: int = 5000) -> WireAudio:
         undecodable=undecodable,
         first_rtptime=rtptimes[order[0]],
         frames_per_packet=frames_per_packet,
+        parameters=[
+            request.body.decode("latin-1").strip()
+            for request, _ in exchange
+            if request.headers.get("content-type") == "text/parameters"
+        ],
         requests=[
             f"{request.first_line.split(' ')[0]} {request.first_line.split(' ')[1]} -> {status}"
             for request, status in exchange
