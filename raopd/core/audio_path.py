@@ -168,6 +168,12 @@ class AudioPath:
         """Timer work that is not a release: the rate-limited warning."""
         self._warn(now)
 
+    def close(self, now: float) -> None:
+        """The stream ended: report what the rate limit held back, forget the keys."""
+        self._warn(now, force=True)
+        self.cipher = None
+        self.flush()
+
     # -------------------------------------------------------------- internals
 
     def _take(self) -> list[AudioReady]:

@@ -678,8 +678,7 @@ class RaopSession:
         self.state = State.ENDED
         self.arbiter.release(self)
         if self._audio is not None:
-            self._audio.cipher = None  # forget the keys
-            self._audio.flush()
+            self._audio.close(self._last_activity if now is None else now)
         self._events.append(SessionEnded(reason))
         logger.info("[session %d] ended: %s", self.session_id, reason)
 
