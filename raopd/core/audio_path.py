@@ -85,11 +85,14 @@ class AudioPath:
         cipher: PacketCipher | None = None,
         jitter: JitterSettings | None = None,
         label: str = "",
+        max_ahead: float | None = MAX_AHEAD,
     ) -> None:
         self.decoder = decoder
         self.cipher = cipher
         self.frames_per_packet = frames_per_packet
         self.label = label  # "[session N] sender" for log lines
+        # None: never pace (a file output writes as fast as audio comes, nothing queues).
+        self.max_ahead = max_ahead
         self.stats = AudioStats()
         self.jitter: JitterBuffer[AudioPacket] = JitterBuffer(jitter)
         self.estimate: ClockEstimate | None = None
@@ -184,8 +187,12 @@ class AudioPath:
         if isinstance(item, Lost):
             self._fill_pending = True  # the next packet's timestamp says how much is missing
             return
-        estimate = self.estimate
-        if estimate is not None and estimate.local_time(item.rtptime) - now > MAX_AHEAD:
+        estimate, max_ahead = self.estimate, self.max_ahead
+        if (
+            estimate is not None
+            and max_ahead is not None
+            and estimate.local_time(item.rtptime) - now > max_ahead
+        ):
             # Far ahead of real time: drop rather than queue without bound. The timeline
             # is not filled: the sender will get there, and what plays next is its audio.
             self.stats.paced_packets += 1
