@@ -50,6 +50,11 @@ MAX_AHEAD = 10.0
 """Seconds ahead of its due time beyond which audio is dropped (a sender far ahead of real
 time): the playout would otherwise queue it without bound."""
 
+# What the operator can do about a reason, where we know.
+_HINTS = {
+    "all-zero": "; PulseAudio's RAOP sink sends these in its PCM mode: set codec=ALAC",
+}
+
 WARN_INTERVAL = 10.0
 """Seconds between two warnings about undecodable packets from one stream."""
 
@@ -233,13 +238,15 @@ class AudioPath:
         count = sum(self._unwarned.values())
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self._unwarned.items()))
         since = "" if self._warned_at is None else f" in the last {now - self._warned_at:.0f} s"
+        hint = "".join(_HINTS[reason] for reason in sorted(self._unwarned) if reason in _HINTS)
         logger.warning(
-            "%s sent %d undecodable audio packet%s%s (%s), played as silence",
+            "%s sent %d undecodable audio packet%s%s (%s), played as silence%s",
             self.label,
             count,
             "" if count == 1 else "s",
             since,
             reasons,
+            hint,
         )
         self._unwarned.clear()
         self._warned_at = now
