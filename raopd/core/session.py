@@ -641,7 +641,8 @@ class RaopSession:
             frames_per_packet=params.frames_per_packet,
             cipher=cipher,
             jitter=self.settings.jitter,
-            label=f"[session {self.session_id}] {self.user_agent or 'sender'} at {self.peer_ip}",
+            label=f"[session {self.session_id}] {clip(self.user_agent or 'sender')} at "
+            f"{self.peer_ip}",
         )
         # Counters run over the session's streams: the new path adds to the same objects.
         audio.stats = self.audio_stats
