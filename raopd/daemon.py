@@ -57,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_STOP_TIMEOUT = 1.0  # seconds; shutdown must finish within 2 s in all
 READINESS_POLL = 0.5  # seconds between readiness checks for the "ready"/"not ready" log line
-OUTPUT_WATCH_INTERVAL = 0.5  # seconds between looks at the output's health, for the log
 
 
 @dataclass(slots=True)
@@ -321,20 +320,6 @@ async def log_readiness(state: DaemonState, interval: float = READINESS_POLL) ->
         await asyncio.sleep(interval)
 
 
-async def watch_output(state: DaemonState) -> None:
-    """Log when the output fails and when it works again, once each."""
-    previous: str | None = None
-    while True:
-        fault = metrics.output_fault(state)
-        if fault != previous:
-            if fault is None:
-                logger.info("audio output works again: accepting streams")
-            else:
-                logger.error("audio output failed (%s): refusing new streams", fault)
-            previous = fault
-        await asyncio.sleep(OUTPUT_WATCH_INTERVAL)
-
-
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -393,9 +378,9 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             stack.push_async_callback(_cancel, stats_task)
 
         arbiter: PlayArbiter[RaopSession] = PlayArbiter(config.allow_session_interruption)
+        # ANNOUNCE answers 503 while the output cannot take audio; the sink logs when it
+        # fails and when it works again, so nothing polls for it here.
         arbiter.fault_source = lambda: metrics.output_fault(state)
-        watch_task = asyncio.create_task(watch_output(state))
-        stack.push_async_callback(_cancel, watch_task)
         # The AirPort key loaded and RSA run once now, not while the first sender waits.
         crypto.warm_up()
         server = RtspServer(

@@ -648,7 +648,8 @@ class RaopSession:
             jitter=self.settings.jitter,
             # Only a device plays in real time; a file takes audio as fast as it comes.
             max_ahead=MAX_AHEAD if self.settings.output_buffer_frames else None,
-            label=f"[session {self.session_id}] {self.user_agent or 'sender'} at {self.peer_ip}",
+            label=f"[session {self.session_id}] {clip(self.user_agent or 'sender')} at "
+            f"{self.peer_ip}",
         )
         # Counters run over the session's streams: the new path adds to the same objects.
         audio.stats = self.audio_stats
