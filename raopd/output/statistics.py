@@ -12,8 +12,11 @@ the correction being applied now (+ = dropping frames); All Sync PPM = net frame
 minus inserted per million played since the stream began; Source Drift PPM = sender clock versus
 local clock; Packets/Missing/Late/Resend Reqs = the jitter buffer's counters; Min DAC Queue = the
 smallest ALSA queue (frames) since the previous line; Underruns = DAC xruns and device losses;
-Underflows = times audio was due but had not arrived; Bit-exact = every block since the previous
-line carried the sender's samples untouched.
+Underflows = times audio was due but had not arrived; Corrections = frames inserted/dropped this
+stream; DAC Drift PPM = the DAC's clock against the sender's timeline as the corrections imply
+(+ = the DAC is slow); Band ms = the tolerance band in use (the setting, or wider for a noisy
+delay reading); Bit-exact = every block since the previous line carried the sender's samples
+untouched.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def format_statistics(
         assert playout is not None
         fields.append(("Underflows", str(playout.underflows)))
         fields.append(("Resyncs", str(playout.resyncs)))
+        fields.append(("Corrections", f"+{playout.frames_inserted}/-{playout.frames_dropped}"))
+        fields.append(("DAC Drift PPM", _signed(playout.drift_ppm, 1)))
+        fields.append(("Band ms", f"{playout.band_ms:.2f}"))
         gain_db = 20 * math.log10(output.gain) if output.gain > 0 else -math.inf
         fields.append(("Gain dB", "mute" if gain_db == -math.inf else f"{gain_db:.1f}"))
         fields.append(("Bit-exact", "yes" if output.interval_bit_exact else "no"))
