@@ -342,7 +342,7 @@ class Run:
 
     scenario: str
     receivers: list[dict[str, object]] = field(default_factory=list)
-    offset_ms: dict[str, float] = field(default_factory=dict)
+    offset_ms: dict[str, float | int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {"scenario": self.scenario, "receivers": self.receivers, "offset_ms": self.offset_ms}
@@ -430,7 +430,7 @@ def scenario(
         run.offset_ms = {
             "median": round(float(np.median(diff)), 3),
             "p99_abs": round(float(np.percentile(np.abs(diff), 99)), 3),
-            "frames_compared": int(len(diff)),
+            "frames_compared": len(diff),
         }
     return run
 
