@@ -397,6 +397,7 @@ def scenario(
         heard[found] = origin + walked.position[found] * per_frame + chunk / RATE
         heard_at.append(heard)
         settled = found & (meant >= meant[0] + 2.0)
+        np.save(directory / f"error{receiver.output}.npy", (heard - meant)[:: RATE // 10])
         figures: dict[str, object] = {
             "kind": receiver.kind,
             "true_error_ms": _percentiles((heard[settled] - meant[settled]) * 1e3),
