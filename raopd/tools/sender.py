@@ -126,9 +126,9 @@ class SenderOptions:
     reorder: float = 0.0  # probability of swapping a packet with the next one
     duplicate: float = 0.0  # probability of sending a packet twice
     seed: int = 0
-    # Seconds between bursts, node-airtunes2 style: every `burst` s, send every packet whose
-    # time has come, and stamp a sync packet with the burst's time, so the stamp is 0..burst
-    # late for the frame it names. None: each packet at its own time, stamps exact.
+    # Seconds between bursts, node-airtunes2 style: every `burst` s (+0..2 ms), send every
+    # packet whose time has come, and stamp a sync packet with the burst's time, so the stamp
+    # is 0..burst late for the frame it names. None: each packet at its own time, stamps exact.
     burst: float | None = None
     first_seq: int | None = None  # None: random
     first_rtptime: int | None = None  # None: random
@@ -636,7 +636,11 @@ class RaopSender:
         # by the time the receiver asks for it.
         seconds_per_packet = FRAMES_PER_PACKET / (RATE * options.speed)
         t0 = loop.time() + options.lead if start is None else start
-        burst_at = loop.time()  # time of the current burst (burst mode)
+        # Burst mode: the bursts' times, like a timer re-armed after each burst that fires
+        # 0..2 ms late (node's setTimeout), so their phase against the frames wanders. Drawn
+        # from the seed, so senders with the same start and seed burst at the same times.
+        burst_rng = random.Random(f"burst:{options.seed}")
+        burst_at = t0 - burst_rng.uniform(0.0, options.burst or 0.0)
         sync_every = RATE  # frames of audio between sync packets
         next_sync_frame = 0
         highest = -1
@@ -652,11 +656,10 @@ class RaopSender:
             if options.burst is not None:
                 # Wait for the first burst at or after the packet's time; stamp with it.
                 while due > burst_at:
-                    burst_at += options.burst
-                    delay = burst_at - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    burst_at = max(burst_at, loop.time())
+                    burst_at += options.burst + burst_rng.uniform(0.0, 0.002)
+                delay = burst_at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 stamp = burst_at
             else:
                 delay = due - options.lead - loop.time()
