@@ -240,6 +240,7 @@ def statistics_line(state: DaemonState) -> str:
         session.stats if session is not None else None,
         session.jitter_stats if session is not None else None,
         session.estimate if session is not None else None,
+        session.clock_stats if session is not None else None,
     )
 
 

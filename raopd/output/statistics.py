@@ -16,14 +16,17 @@ Underflows = times audio was due but had not arrived; Corrections = frames inser
 stream; DAC Drift PPM = the DAC's clock against the sender's timeline as the corrections imply
 (+ = the DAC is slow); Band ms = the tolerance band in use (the setting, or wider for a noisy
 delay reading); Bit-exact = every block since the previous line carried the sender's samples
-untouched.
+untouched; Late Syncs = sync packets stamped later than the anchor line (ignored), Stamp Spread
+ms = how late the sender's stamps run, Anchor Resets = anchor restarts (FLUSH, a jump the sender
+meant), Timing Rejected = timing replies inconsistent with the clock estimate (not used), Clock
+Steps = restarts of the clock estimate on a confirmed step of the sender's clock.
 """
 
 from __future__ import annotations
 
 import math
 
-from raopd.core.clock import ClockEstimate
+from raopd.core.clock import ClockEstimate, ClockStats
 from raopd.core.jitter import JitterStats
 from raopd.core.session import SessionStats
 from raopd.output.player import OutputSnapshot
@@ -38,6 +41,7 @@ def format_statistics(
     session: SessionStats | None = None,
     jitter: JitterStats | None = None,
     estimate: ClockEstimate | None = None,
+    clock: ClockStats | None = None,
 ) -> str:
     """One statistics line; fields whose source is missing read `n/a`."""
     fields: list[tuple[str, str]] = []
@@ -76,4 +80,12 @@ def format_statistics(
         gain_db = 20 * math.log10(output.gain) if output.gain > 0 else -math.inf
         fields.append(("Gain dB", "mute" if gain_db == -math.inf else f"{gain_db:.1f}"))
         fields.append(("Bit-exact", "yes" if output.interval_bit_exact else "no"))
+    if clock is not None:
+        fields += [
+            ("Late Syncs", str(clock.syncs_late)),
+            ("Stamp Spread ms", f"{clock.stamp_spread_ms:.1f}"),
+            ("Anchor Resets", str(clock.anchor_resets)),
+            ("Timing Rejected", str(clock.rejected)),
+            ("Clock Steps", str(clock.steps)),
+        ]
     return ", ".join(f"{name}: {value}" for name, value in fields)
