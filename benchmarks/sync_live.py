@@ -8,7 +8,7 @@ after 2 s, bit-exact fraction, and for raopd its own statistics (sync error medi
 resyncs, corrections, DAC drift); per pair the offset between the receivers (median, p99).
 
     sudo python benchmarks/sync_live.py [--seconds 60] [--pairs raopd+raopd raopd+shairport-sync]
-                                        [--bursts 0 0.1] [--seeds 1]
+                                        [--bursts 0 0.1] [--seeds 1] [--sps-tolerance S]
 
 Needs root (network namespaces), pulseaudio, libasound2-plugins, and for shairport-sync:
 shairport-sync, avahi-daemon, dbus.
@@ -33,6 +33,12 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="*", default=["raopd+raopd", "raopd+shairport-sync"])
     parser.add_argument("--bursts", type=float, nargs="*", default=[0.0, 0.1])
     parser.add_argument("--seeds", type=int, nargs="*", default=[1])
+    parser.add_argument(
+        "--sps-tolerance",
+        type=float,
+        default=None,
+        help="shairport-sync's drift_tolerance_in_seconds (default: its own, 2 ms)",
+    )
     args = parser.parse_args()
     for pair in args.pairs:
         first, second = pair.split("+")
@@ -40,7 +46,12 @@ def main() -> None:
             for seed in args.seeds:
                 with tempfile.TemporaryDirectory() as tmp:
                     run = scenario(
-                        Path(tmp), (first, second), seconds=args.seconds, burst=burst, seed=seed
+                        Path(tmp),
+                        (first, second),
+                        seconds=args.seconds,
+                        burst=burst,
+                        seed=seed,
+                        sps_tolerance=args.sps_tolerance,
                     )
                 print(json.dumps({**run.as_dict(), "seconds": args.seconds, "seed": seed}))
                 sys.stdout.flush()

@@ -210,10 +210,16 @@ def avahi(ns: str, directory: Path) -> Iterator[None]:
 
 
 def start_shairport(
-    ns: str, paced: PacedOutput, output: int, port: int, directory: Path
+    ns: str,
+    paced: PacedOutput,
+    output: int,
+    port: int,
+    directory: Path,
+    tolerance: float | None = None,
 ) -> Receiver:
     """Debian's shairport-sync on ALSA output `output`: volume ignored (bit-exact), "basic"
-    interpolation (single-frame stuffing, like raopd; its default soxr resamples all the time)."""
+    interpolation (single-frame stuffing, like raopd; its default soxr resamples all the time),
+    its drift tolerance `tolerance` s (None: its default, 2 ms)."""
     conf = directory / "sps.conf"
     conf.write_text(
         "general = {\n"
@@ -223,7 +229,8 @@ def start_shairport(
         '  ignore_volume_control = "yes";\n'
         '  interpolation = "basic";\n'
         f"  udp_port_base = {port + 100};\n"
-        "};\n"
+        + (f"  drift_tolerance_in_seconds = {tolerance};\n" if tolerance is not None else "")
+        + "};\n"
         "alsa = {\n"
         f'  output_device = "{paced.device(output)}";\n'
         "};\n"
@@ -355,9 +362,12 @@ def scenario(
     seconds: float = 30.0,
     burst: float = 0.0,
     seed: int = 1,
+    sps_tolerance: float | None = None,
 ) -> Run:
     """Play `seconds` of noise from one sender to two receivers of `kinds`; the figures."""
     name = f"{kinds[0]}+{kinds[1]} {'burst %g ms' % (burst * 1e3) if burst else 'accurate'}"
+    if sps_tolerance is not None and "shairport-sync" in kinds:
+        name += f" (shairport-sync tolerance {sps_tolerance * 1e3:g} ms)"
     src = source(seconds, seed)
     ns = f"raopd-sync-{os.getpid()}"
     ports = [5100, 5200]
@@ -371,7 +381,7 @@ def scenario(
             if kind == "raopd":
                 receiver = start_raopd(ns, paced, index, ports[index], directory)
             else:
-                receiver = start_shairport(ns, paced, index, ports[index], directory)
+                receiver = start_shairport(ns, paced, index, ports[index], directory, sps_tolerance)
             stack.callback(receiver.stop)
             receivers.append(receiver)
         sent = run_sender(ns, ports, seconds, burst, seed)
