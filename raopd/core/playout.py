@@ -31,10 +31,12 @@ Modes, per pull (timed mode):
     error first leaves the **tolerance band**, so with agreeing clocks no frame is touched:
     * the **drift rate**: the slope of the *uncorrected* error (filtered error plus every frame
       already dropped or inserted, minus every move of the estimate itself) over the last
-      `drift_window` seconds, by least squares, used once it is 4 standard errors from 0. It is
-      the DAC-vs-sender clock difference, learnt from the error's trend rather than by an
-      integrator, so noise on the reading does not wind anything up and the frames corrected are
-      the ones the difference needs (`stats.drift_ppm` reports it);
+      `drift_window` seconds (at least 3 s), by least squares, used once it is 4 standard
+      errors from 0 (counting one independent point per filter window). It is the DAC-vs-sender
+      clock difference, learnt from the error's trend rather than by an integrator, so noise on
+      the reading does not wind anything up and the frames corrected are the ones the difference
+      needs (`stats.drift_ppm` reports it). A raw reading that jumps by more than 4 bands (and
+      1 ms) is a step of the DAC position, not drift: the fit starts again after it;
     * a **proportional** term, `kp_ppm_per_ms * (error -+ band / 2)`, from when the filtered
       error leaves the band until it is back within half of it: it works off a start error, a
       move of the anchor or what the drift rate has not caught yet, 0.5 s time constant, capped
