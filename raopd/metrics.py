@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from raopd import __version__
 from raopd.core.events import Event, SessionEnded, VolumeChanged
 from raopd.core.session import RaopSession, State
+from raopd.media.decoder import FrameFault
 from raopd.net.http import Response, Route
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class SessionTotals:
     ended: Counter[str] = field(default_factory=Counter)  # by END_REASON_LABELS
     session: Counter[str] = field(default_factory=Counter)  # SessionStats fields
     jitter: Counter[str] = field(default_factory=Counter)  # JitterStats fields
+    audio: Counter[str] = field(default_factory=Counter)  # AudioStats counters
+    undecodable: Counter[str] = field(default_factory=Counter)  # by FrameFault label
     volume: float | None = None  # the last AirPlay volume a sender set
     # AirPlay volume -> the linear gain the output applies (None: volume is not applied).
     gain_of: Callable[[float], float] | None = None
@@ -81,6 +84,9 @@ class SessionTotals:
             self.ended[END_REASONS.get(event.reason, "other")] += 1
             self.session.update(asdict(session.stats))
             self.jitter.update(asdict(session.jitter_stats))
+            audio = session.audio_stats
+            self.audio.update({key: getattr(audio, key) for _, key, _ in _AUDIO_COUNTERS})
+            self.undecodable.update(audio.undecodable_by_reason)
 
     def wrap(self, sink: EventSink) -> EventSink:
         """An event sink that accounts for each event, then passes it on to `sink`."""
@@ -123,6 +129,10 @@ def readiness(state: DaemonState) -> tuple[bool, list[str]]:
         missing.append("RTSP server not listening")
     if state.mdns is None or not state.mdns.registered:
         missing.append("mDNS service not registered")
+    elif not state.mdns.addresses:
+        # Announced with no address record: no sender can find this speaker.
+        where = ", ".join(state.mdns.interfaces or ["any interface"])
+        missing.append(f"no network address to advertise on {where}")
     if state.output is None or not sink_opened(state.output.sink):
         missing.append("audio device not open")
     return not missing, missing
@@ -179,20 +189,45 @@ _SESSION_COUNTERS = (
     ("datagrams", "datagrams", "UDP datagrams received on session ports"),
     ("bad_datagrams", "bad_datagrams", "UDP datagrams dropped as malformed or unexpected"),
     ("foreign_datagrams", "foreign_datagrams", "UDP datagrams dropped: not from the sender"),
-    ("packets_resent", "resent_packets", "Audio packets received as resends"),
-    ("packets_flushed", "flushed_packets", "Audio packets dropped as older than a flush"),
-    ("packets_undecodable", "undecodable", "Audio packets that failed to decrypt or decode"),
-    ("session_frames", "frames_out", "Frames the sessions passed to the output"),
-    ("session_silent_frames", "silent_frames_out", "Frames of silence standing in for losses"),
     ("resend_request_datagrams", "resend_datagrams", "Resend request datagrams sent"),
 )
+_AUDIO_COUNTERS = (
+    ("packets_resent", "resent_packets", "Audio packets received as resends"),
+    ("packets_flushed", "flushed_packets", "Audio packets dropped as older than a flush"),
+    (
+        "packets_paced",
+        "paced_packets",
+        "Audio packets dropped: due more than 10 s ahead (a sender far ahead of real time)",
+    ),
+    ("session_frames", "frames_out", "Frames the sessions passed to the output"),
+    (
+        "session_silent_frames",
+        "silent_frames_out",
+        "Frames of silence standing in for lost or undecodable audio",
+    ),
+    ("session_overlap_frames", "overlap_frames", "Frames dropped as overlapping earlier audio"),
+)
+# Every reason an audio packet can be undecodable, so the series exist from the start.
+UNDECODABLE_REASONS = tuple(fault.value for fault in FrameFault)
 _JITTER_COUNTERS = (
     ("packets_received", "received", "Audio packets received, first copies (jitter buffer)"),
     ("packets_duplicate", "duplicates", "Audio packets received more than once"),
     ("packets_late", "late", "Audio packets received after their gap was given up"),
     ("packets_missing", "missing", "Audio packets found missing (sequence gaps)"),
     ("packets_lost", "lost", "Missing audio packets never repaired (played as silence)"),
+    (
+        "packets_overfull",
+        "overfull",
+        "Of the lost packets, gaps given up early because the jitter buffer was full",
+    ),
     ("packets_resend_requested", "resend_requests", "Sequence numbers asked for again"),
+    ("jitter_restarts", "restarts", "Sender sequence jumps followed (jitter buffer restarts)"),
+    ("packets_stray", "stray", "Audio packets far from the stream that nothing followed"),
+    (
+        "packets_flushed_buffered",
+        "flushed",
+        "Audio packets still buffered at a flush or at the end of a stream",
+    ),
 )
 
 
@@ -252,6 +287,20 @@ class DaemonCollector(Collector):
         for name, key, doc in _JITTER_COUNTERS:
             value = totals.jitter[key] + sum(getattr(s.jitter_stats, key) for s in live)
             yield _counter(f"raopd_{name}", doc, value)
+        for name, key, doc in _AUDIO_COUNTERS:
+            value = totals.audio[key] + sum(getattr(s.audio_stats, key) for s in live)
+            yield _counter(f"raopd_{name}", doc, value)
+        undecodable = CounterMetricFamily(
+            "raopd_packets_undecodable",
+            "Audio packets that could not be decrypted or decoded (played as silence), by reason",
+            labels=["reason"],
+        )
+        for reason in UNDECODABLE_REASONS:
+            value = totals.undecodable[reason] + sum(
+                s.audio_stats.undecodable_by_reason[reason] for s in live
+            )
+            undecodable.add_metric([reason], value)
+        yield undecodable
         yield _counter(
             "raopd_session_processing_seconds",
             "Event-loop time spent on sender input: RTSP, datagram parsing, jitter buffer, "
@@ -290,6 +339,11 @@ class DaemonCollector(Collector):
             "raopd_output_underruns",
             "ALSA underruns (the device ran dry)",
             int(getattr(output.sink, "underruns", 0)),
+        )
+        yield _counter(
+            "raopd_audio_device_reopen_attempts",
+            "Attempts to open the audio device again after it failed or was missing",
+            int(getattr(output.sink, "reopen_attempts", 0)),
         )
         stats = output.playout.stats
         yield _gauge(

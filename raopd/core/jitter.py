@@ -16,8 +16,16 @@ timeline keeps its length.
 
 Anything at or behind `next_seq` is late (or a duplicate, if it was already released); a
 packet already buffered is a duplicate. Resent packets count as duplicates when the original
-came after all. A packet more than `capacity` ahead means the sender has jumped (a restart
-without FLUSH): what is buffered is released and the buffer restarts at the new packet.
+came after all.
+
+A packet more than `capacity` away from everything seen may mean the sender jumped (a restart
+without FLUSH), or be a stray (forged or misrouted): it is held as a candidate, and the buffer
+restarts only when a second packet follows it within `CONFIRM_SPAN`; a candidate that nothing
+confirms is dropped and counted as `stray`. On a restart nothing is discarded: what is
+buffered is released in order (its gaps as losses), then a `Lost` run marks the jump, so the
+caller can give the gap up as silence where the timeline allows. A buffer stalled at a gap
+with `capacity` packets behind it is *overfull*: the gap is given up at once (counted in
+`lost` and `overfull`), never the buffered audio.
 """
 
 from __future__ import annotations
@@ -49,7 +57,12 @@ class Insert(Enum):
     NEW = "new"
     DUPLICATE = "duplicate"
     LATE = "late"
+    STRAY = "stray"  # far from the stream: held until a second packet confirms a jump
     RESTART = "restart"
+
+
+CONFIRM_SPAN = 64
+"""A jump is confirmed by a packet at most this many sequence numbers after the candidate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +93,11 @@ class JitterStats:
     late: int = 0
     missing: int = 0  # sequence numbers that were ever missing
     lost: int = 0  # missing ones released as silence
+    overfull: int = 0  # of those, given up early because the buffer was full
     resend_requests: int = 0  # sequence numbers asked for again (counted per request)
     restarts: int = 0
+    stray: int = 0  # packets far from the stream that nothing followed: dropped
+    flushed: int = 0  # packets still buffered when the buffer was reset (FLUSH, end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +127,9 @@ class JitterBuffer(Generic[P]):
         # of these, else a duplicate of a released one. Losses are rare, so this stays small.
         self._lost: set[int] = set()
         self._lost_order: deque[int] = deque()
+        self._candidate: P | None = None  # a possible jump, until confirmed
+        self._candidate_age = 0  # packets of the old stream since the candidate came
+        self._pending: list[P | Lost] = []  # released by a restart, handed out first
 
     @property
     def next_seq(self) -> int | None:
@@ -124,8 +143,30 @@ class JitterBuffer(Generic[P]):
         """Change how long gaps wait (the session ties it to the stream's latency)."""
         self.settings = replace(self.settings, repair_window=seconds)
 
+    def set_timing(
+        self,
+        *,
+        repair_window: float,
+        resend_first_delay: float,
+        resend_interval: float,
+        resend_last_margin: float,
+    ) -> None:
+        """Repair window and resend timing (from the stream's latency budget)."""
+        self.settings = replace(
+            self.settings,
+            repair_window=repair_window,
+            resend_first_delay=resend_first_delay,
+            resend_interval=resend_interval,
+            resend_last_margin=resend_last_margin,
+        )
+
     def reset(self, start_seq: int | None = None) -> None:
         """Forget everything (FLUSH). `start_seq` hints where the next stream begins."""
+        self._drop_candidate()
+        self.stats.flushed += len(self._slots) + sum(
+            1 for item in self._pending if not isinstance(item, Lost)
+        )
+        self._pending.clear()
         self._slots.clear()
         self._gaps.clear()
         self._next_seq = None
@@ -140,9 +181,26 @@ class JitterBuffer(Generic[P]):
         if self._next_seq is None:
             self._start(seq)
         assert self._next_seq is not None and self._highest is not None
+        capacity = self.settings.capacity
         ahead = seq_diff(seq, self._next_seq)
+        result = Insert.NEW
+        if ahead < -capacity or seq_diff(seq, self._highest) >= capacity:
+            # Far from everything seen: a jump, or a stray.
+            candidate = self._candidate
+            if candidate is None or not 0 < seq_diff(seq, candidate.seq) <= CONFIRM_SPAN:
+                self._drop_candidate()
+                self._candidate = packet
+                return Insert.STRAY
+            self._candidate = None
+            self._restart(candidate)
+            result = Insert.RESTART
+            ahead = seq_diff(seq, self._next_seq)
+        elif self._candidate is not None:
+            self._candidate_age += 1
+            if self._candidate_age > CONFIRM_SPAN:
+                self._drop_candidate()  # the old stream went on: it was a stray
         if ahead < 0:
-            if seq in self._lost or ahead < -self.settings.capacity:
+            if seq in self._lost:
                 self.stats.late += 1
                 return Insert.LATE
             self.stats.duplicates += 1
@@ -150,10 +208,6 @@ class JitterBuffer(Generic[P]):
         if seq in self._slots:
             self.stats.duplicates += 1
             return Insert.DUPLICATE
-        result = Insert.NEW
-        if ahead >= self.settings.capacity:
-            self._restart(seq)
-            result = Insert.RESTART
         self.stats.received += 1
         self._slots[seq] = packet
         self._gaps.pop(seq, None)
@@ -168,7 +222,8 @@ class JitterBuffer(Generic[P]):
 
     def pop_ready(self, now: float) -> list[P | Lost]:
         """Release, in order, every packet that is due: present ones, and gaps given up on."""
-        out: list[P | Lost] = []
+        out: list[P | Lost] = self._pending
+        self._pending = []
         if self._next_seq is None:
             return out
         while self._slots:
@@ -186,11 +241,15 @@ class JitterBuffer(Generic[P]):
                 and not overfull
             ):
                 break
-            out.append(self._give_up(seq))
+            lost = self._give_up(seq)
+            if overfull:
+                self.stats.overfull += lost.count
+            out.append(lost)
         return out
 
     def drain(self) -> list[P | Lost]:
         """Release everything buffered now, gaps as losses (end of stream)."""
+        self._drop_candidate()
         return self.pop_ready(float("inf"))
 
     def resend_requests(self, now: float) -> list[tuple[int, int]]:
@@ -235,12 +294,28 @@ class JitterBuffer(Generic[P]):
         self._next_seq = start
         self._highest = seq_add(start, -1)
 
-    def _restart(self, seq: int) -> None:
+    def _restart(self, first: P) -> None:
+        """Continue at the confirmed jump `first`: release what is buffered, then mark the jump."""
         self.stats.restarts += 1
+        released = self.pop_ready(float("inf"))  # gaps before the jump cannot be repaired now
+        end = self._next_seq if self._next_seq is not None else first.seq
+        skipped = seq_diff(first.seq, end)
+        released.append(Lost(end, max(0, skipped), first.rtptime))
+        self._pending = released
         self._slots.clear()
         self._gaps.clear()
-        self._next_seq = seq
-        self._highest = seq_add(seq, -1)
+        self._lost.clear()
+        self._lost_order.clear()
+        self._next_seq = first.seq
+        self._highest = first.seq
+        self._slots[first.seq] = first
+        self.stats.received += 1
+
+    def _drop_candidate(self) -> None:
+        if self._candidate is not None:
+            self.stats.stray += 1
+            self._candidate = None
+        self._candidate_age = 0
 
     def _highest_or(self, seq: int) -> int:
         return self._highest if self._highest is not None else seq

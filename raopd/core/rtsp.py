@@ -51,6 +51,7 @@ REASONS: dict[int, str] = {
     454: "Session Not Found",
     455: "Method Not Valid in This State",
     456: "Header Field Not Valid for Resource",
+    461: "Unsupported Transport",
     500: "Internal Server Error",
     501: "Not Implemented",
     503: "Service Unavailable",

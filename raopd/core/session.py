@@ -7,10 +7,8 @@ data, addr, now)`, `handle_timer(now)` and `connection_lost(now)`. The adapter t
 at `get_timer()`. Nothing here reads a clock or touches a socket, so `raopd replay` runs a
 recorded capture through exactly this code.
 
-Audio path: datagram -> AudioPacket -> JitterBuffer (reorder, dedupe, resend requests) ->
-released in sequence order -> AES-CBC decrypt -> decode -> AudioReady events, contiguous in RTP
-time: wherever audio is missing (never repaired, undecodable) a silent AudioReady of exactly
-the missing length stands in, so the timeline keeps its length.
+The audio itself (jitter buffer, decryption, decoding, silence fill) is `AudioPath`'s job
+(core/audio_path.py); the session makes one per ANNOUNCE and feeds it the audio datagrams.
 """
 
 from __future__ import annotations
@@ -26,14 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-import numpy as np
-
 from raopd.core.arbiter import PlayArbiter
+from raopd.core.audio_format import FIXED_LATENCY_FRAMES
+from raopd.core.audio_path import AudioPath, AudioStats
 from raopd.core.clock import ClockEstimate, ClockStats, ClockSync
 from raopd.core.dmap import parse_dmap
 from raopd.core.events import (
     ArtworkReceived,
-    AudioReady,
     ClockUpdated,
     Event,
     Flushed,
@@ -43,7 +40,8 @@ from raopd.core.events import (
     StreamStarted,
     VolumeChanged,
 )
-from raopd.core.jitter import JitterBuffer, JitterSettings, JitterStats, Lost
+from raopd.core.jitter import JitterSettings, JitterStats
+from raopd.core.latency import LatencyBudget, latency_budget
 from raopd.core.ntp import seconds_to_ntp
 from raopd.core.packets import (
     AudioPacket,
@@ -56,24 +54,18 @@ from raopd.core.packets import (
 from raopd.core.parameters import parse_parameters, parse_progress, parse_volume
 from raopd.core.rtsp import RtspReader, RtspRequest, RtspResponse
 from raopd.core.sdp import StreamParams, parse_sdp
-from raopd.core.seq import rtp_add, rtp_diff
 from raopd.errors import ProtocolError
 from raopd.media.crypto import PacketCipher, apple_response, unwrap_session_key
-from raopd.media.decoder import Decoder, make_decoder
+from raopd.media.decoder import make_decoder
 
 logger = logging.getLogger(__name__)
 
 SERVER_VERSION = "105.1"  # AirTunes version of the AirPort Express that senders know best
-AUDIO_LATENCY_FRAMES = 11025  # what every AP1 receiver reports in RECORD (protocol.md §6.2)
+AUDIO_LATENCY_FRAMES = FIXED_LATENCY_FRAMES  # what every AP1 receiver reports in RECORD
 PUBLIC_METHODS = (
     "ANNOUNCE, SETUP, RECORD, PAUSE, FLUSH, TEARDOWN, OPTIONS, GET_PARAMETER, SET_PARAMETER"
 )
-DEFAULT_VOLUME = -15.0  # reported to GET_PARAMETER before a sender has set one
-# A gap in RTP time larger than this is a new timeline, not missing audio to fill with silence.
-MAX_FILL_FRAMES = 5 * 44100
-# Audio must leave the jitter buffer this long before it is due: the playout queue and the
-# DAC buffer sit between the two.
-RELEASE_MARGIN = 0.5
+DEFAULT_VOLUME = 0.0  # full scale until a sender sets a volume (some never do)
 
 
 class Channel(Enum):
@@ -116,10 +108,13 @@ class SessionSettings:
     session_timeout: float = 60.0  # seconds without audio or requests before a session ends
     latency_offset: float = 0.0  # seconds added to the sender's latency (+ plays later)
     initial_volume: float = DEFAULT_VOLUME
-    # How late the adapter may hand over an audio datagram (it reads in batches). A gap is
-    # noticed that much later, so its repair window is that much shorter: audio still leaves
-    # the jitter buffer RELEASE_MARGIN before it is due.
+    # The longest the adapter may batch audio datagrams (0: it hands each over at once).
+    # The stream's latency budget (core/latency.py) picks the batch delay up to this, and
+    # takes it off the repair window.
     input_delay: float = 0.0
+    # The output device's buffer and period, frames (0: a file, which has no lead).
+    output_buffer_frames: int = 0
+    output_period_frames: int = 0
 
 
 class State(Enum):
@@ -141,12 +136,6 @@ class SessionStats:
     datagrams: int = 0
     bad_datagrams: int = 0
     foreign_datagrams: int = 0
-    audio_packets: int = 0
-    resent_packets: int = 0
-    flushed_packets: int = 0
-    undecodable: int = 0
-    frames_out: int = 0
-    silent_frames_out: int = 0
     resend_datagrams: int = 0
 
 
@@ -195,18 +184,15 @@ class RaopSession:
         self._nonce = nonce or base64.b64encode(secrets.token_bytes(8)).decode()
         self._authorised = receiver.password is None
         self._last_activity = now
-        self._cipher: PacketCipher | None = None
-        self._decoder: Decoder | None = None
-        self._jitter: JitterBuffer[AudioPacket] = JitterBuffer(self.settings.jitter)
+        # One AudioPath per stream (ANNOUNCE); counters carry over from stream to stream.
+        self._audio: AudioPath | None = None
+        self._budget: LatencyBudget | None = None
+        self.audio_stats = AudioStats()
+        self._jitter_stats = JitterStats()
         self._clock: ClockSync | None = None
         self._estimate: ClockEstimate | None = None
         self._control_addr: tuple[str, int] | None = None
         self._timing_addr: tuple[str, int] | None = None
-        self._flush_until: int | None = None
-        self._next_rtptime: int | None = None
-        # Set when audio went missing (never repaired, undecodable): the next block is
-        # preceded by silence up to its timestamp.
-        self._fill_pending = False
 
     # ----------------------------------------------------------------- inputs
 
@@ -242,10 +228,9 @@ class RaopSession:
         try:
             packet = parse_datagram(data)
             if isinstance(packet, AudioPacket):
-                self._audio_received(packet, now)
+                self._audio_received(packet, now, resent=False)
             elif isinstance(packet, ResentAudio):
-                self.stats.resent_packets += 1
-                self._audio_received(packet.packet, now)
+                self._audio_received(packet.packet, now, resent=True)
             elif isinstance(packet, SyncPacket):
                 self._last_activity = now
                 if self._clock is not None:
@@ -272,6 +257,8 @@ class RaopSession:
             return
         if self.state in (State.READY, State.PLAYING):
             self._release(now)
+            if self._audio is not None:
+                self._audio.tick(now)
             self._send_resend_requests(now)
             if self._clock is not None and self._timing_addr is not None:
                 due = self._clock.next_request_time()
@@ -314,7 +301,7 @@ class RaopSession:
             return None
         deadline = self._last_activity + self.settings.session_timeout
         if self.state is State.READY or self.state is State.PLAYING:
-            jitter_deadline = self._jitter.next_deadline()
+            jitter_deadline = self._audio.next_deadline() if self._audio is not None else None
             if jitter_deadline is not None and jitter_deadline < deadline:
                 deadline = jitter_deadline
             if self._clock is not None and self._timing_addr is not None:
@@ -324,9 +311,26 @@ class RaopSession:
         return deadline
 
     @property
+    def input_batch_delay(self) -> float:
+        """How long the adapter should batch audio datagrams now (the latency budget's B)."""
+        if self._budget is None:
+            return self.settings.input_delay
+        return min(self._budget.batch_delay, self.settings.input_delay)
+
+    @property
+    def latency_budget(self) -> LatencyBudget | None:
+        """The current stream's latency budget (None before ANNOUNCE)."""
+        return self._budget
+
+    @property
+    def audio_path(self) -> AudioPath | None:
+        """The current stream's audio path (None before ANNOUNCE)."""
+        return self._audio
+
+    @property
     def jitter_stats(self) -> JitterStats:
         """The jitter buffer's counters (received, duplicates, late, missing, lost, …)."""
-        return self._jitter.stats
+        return self._jitter_stats
 
     @property
     def estimate(self) -> ClockEstimate | None:
@@ -340,8 +344,8 @@ class RaopSession:
 
     def finish(self) -> None:
         """Release whatever the jitter buffer still holds (end of a replay)."""
-        for item in self._jitter.drain():
-            self._emit_released(item)
+        if self._audio is not None:
+            self._events.extend(self._audio.drain(self._last_activity))
 
     # -------------------------------------------------------------- RTSP side
 
@@ -349,7 +353,14 @@ class RaopSession:
         headers = self._common_headers(request)
         if not self._authorised and not self._check_auth(request):
             headers.append(("WWW-Authenticate", f'Digest realm="raop", nonce="{self._nonce}"'))
-            return RtspResponse(401, headers)
+            # No credentials is the first half of every Digest handshake; credentials that
+            # fail are a wrong password (or a replayed nonce): say which, and log it.
+            reason = None
+            if request.headers.get("Authorization") is not None:
+                reason = _auth_failure(request, self._nonce)
+                AUTH_FAILURES.failed(self.peer_ip, request.method, reason, now)
+                reason = f"Unauthorized ({reason})"
+            return RtspResponse(401, headers, reason=reason)
         challenge = request.headers.get("Apple-Challenge")
         if challenge is not None:
             try:
@@ -430,10 +441,22 @@ class RaopSession:
         if not self.arbiter.claim(self):
             logger.info("[session %d] refused (453): another sender is playing", self.session_id)
             return RtspResponse(453, headers)
-        self.params, self._cipher, self._decoder = params, cipher, decoder
-        self._jitter.reset()
-        self._next_rtptime = None
-        self._flush_until = None
+        self.params = params
+        audio = AudioPath(
+            decoder,
+            frames_per_packet=params.frames_per_packet,
+            cipher=cipher,
+            jitter=self.settings.jitter,
+            label=f"[session {self.session_id}] {self.user_agent or 'sender'} at {self.peer_ip}",
+        )
+        # Counters run over the session's streams: the new path adds to the same objects.
+        audio.stats = self.audio_stats
+        audio.jitter.stats = self._jitter_stats
+        self._audio = audio
+        # Until the clock says otherwise, assume the least a sender may allow: small batches
+        # cost a few wake-ups, large ones would make a low-latency sender underflow.
+        self._budget = None
+        self._use_latency((params.min_latency_frames or FIXED_LATENCY_FRAMES) / params.sample_rate)
         self._clock = ClockSync(
             min_latency_frames=params.min_latency_frames,
             max_latency_frames=params.max_latency_frames,
@@ -450,6 +473,14 @@ class RaopSession:
         if self.state is State.CONNECTED or self.params is None:
             raise ProtocolError("SETUP before ANNOUNCE", status_hint=455)
         transport = request.headers.get("Transport") or ""
+        profile = transport.split(";", 1)[0].strip().upper()
+        if profile not in ("RTP/AVP", "RTP/AVP/UDP"):
+            # Audio over the RTSP connection (RTP/AVP/TCP, e.g. PipeWire's raop.transport =
+            # tcp) is not implemented: say so rather than answer with a UDP transport the
+            # sender never asked for and then stall.
+            raise ProtocolError(
+                f"transport {profile or '(none)'} unsupported, only RTP/AVP/UDP", status_hint=461
+            )
         options = _transport_options(transport)
         try:
             control_port = int(options.get("control_port", "0"))
@@ -495,9 +526,8 @@ class RaopSession:
         self, request: RtspRequest, headers: list[tuple[str, str]], now: float
     ) -> RtspResponse:
         seq, rtptime = _rtp_info(request)
-        self._jitter.reset()
-        self._next_rtptime = None
-        self._fill_pending = False
+        if self._audio is not None:
+            self._audio.flush()
         if self._clock is not None:
             self._clock.flushed()  # the sender may resume on a new RTP timeline
         if rtptime is not None:
@@ -522,6 +552,10 @@ class RaopSession:
             values = parse_parameters(request.body)
             if "volume" in values:
                 volume = parse_volume(values["volume"])
+                if volume != self.volume:
+                    logger.info(
+                        "[session %d] volume %.2f (was %.2f)", self.session_id, volume, self.volume
+                    )
                 self.volume = volume
                 self._events.append(VolumeChanged(volume))
             if "progress" in values:
@@ -566,66 +600,36 @@ class RaopSession:
     ) -> RtspResponse:
         return RtspResponse(200, headers)
 
+    def _auth_setup(
+        self, request: RtspRequest, headers: list[tuple[str, str]], now: float
+    ) -> RtspResponse:
+        # MFi-SAP needs Apple's authentication chip, and we do not advertise it (et has no
+        # 4). An AirPort Express without it answers 501; senders that try anyway (PipeWire's
+        # auth_setup mode) go on to ANNOUNCE without encryption whatever the answer is.
+        logger.info(
+            "[session %d] POST /auth-setup (MFi) not supported: 501, the sender goes on without",
+            self.session_id,
+        )
+        return RtspResponse(501, headers)
+
     # --------------------------------------------------------------- UDP side
 
-    def _audio_received(self, packet: AudioPacket, now: float) -> None:
+    def _audio_received(self, packet: AudioPacket, now: float, *, resent: bool) -> None:
         self._last_activity = now
-        self.stats.audio_packets += 1
-        if self._flush_until is not None and rtp_diff(packet.rtptime, self._flush_until) < 0:
-            self.stats.flushed_packets += 1  # in flight from before the flush
+        if self._audio is None:
+            self.stats.bad_datagrams += 1
             return
-        self._jitter.insert(packet, now)
+        self._audio.receive(packet, now, resent=resent)
         self._release(now)
 
     def _release(self, now: float) -> None:
-        for item in self._jitter.pop_ready(now):
-            self._emit_released(item)
-
-    def _emit_released(self, item: AudioPacket | Lost) -> None:
-        if isinstance(item, Lost):
-            self._fill_pending = True  # the next packet's timestamp says how much is missing
-            return
-        assert self._decoder is not None
-        payload = item.payload
-        try:
-            if self._cipher is not None:
-                payload = self._cipher.decrypt(payload)
-            pcm = self._decoder.decode(payload)
-        except ProtocolError as exc:
-            self.stats.undecodable += 1
-            self._fill_pending = True
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "[session %d] undecodable packet %d: %s", self.session_id, item.seq, exc
-                )
-            return
-        self._emit_audio(item.rtptime, pcm)
-
-    def _emit_audio(self, rtptime: int, pcm: np.ndarray) -> None:
-        expected = self._next_rtptime
-        if expected is not None:
-            ahead = rtp_diff(rtptime, expected)
-            if self._fill_pending and 0 < ahead <= MAX_FILL_FRAMES:
-                channels = pcm.shape[1] if pcm.ndim == 2 else 2
-                silence = np.zeros((ahead, channels), dtype=np.int16)
-                self.stats.silent_frames_out += ahead
-                self._events.append(AudioReady(expected, silence, lost=True))
-            elif -MAX_FILL_FRAMES <= ahead < 0:
-                # Overlaps audio already out: keep only the new part.
-                pcm = pcm[-ahead:]
-                rtptime = expected
-                if len(pcm) == 0:
-                    return
-        self._fill_pending = False
-        frames = len(pcm)
-        self.stats.frames_out += frames
-        self._next_rtptime = rtp_add(rtptime, frames)
-        self._events.append(AudioReady(rtptime, pcm))
+        if self._audio is not None:
+            self._events.extend(self._audio.release(now))
 
     def _send_resend_requests(self, now: float) -> None:
-        if self._control_addr is None:
+        if self._control_addr is None or self._audio is None:
             return
-        for first_seq, count in self._jitter.resend_requests(now):
+        for first_seq, count in self._audio.resend_requests(now):
             self.stats.resend_datagrams += 1
             self._datagrams.append(
                 (Channel.CONTROL, bytes(ResendRequest(first_seq, count)), self._control_addr)
@@ -647,26 +651,49 @@ class RaopSession:
         estimate = self._clock.estimate()
         if estimate is not None and estimate is not self._estimate:
             self._estimate = estimate
-            latency = estimate.latency_frames / max(1, estimate.rate)
-            window = min(max(latency - RELEASE_MARGIN - self.settings.input_delay, 0.25), 4.0)
-            self._jitter.set_repair_window(window)
+            if self._audio is not None:
+                self._audio.estimate = estimate
+            self._use_latency(estimate.latency_frames / max(1, estimate.rate))
             self._events.append(ClockUpdated(estimate))
+
+    def _use_latency(self, latency: float) -> None:
+        """Share the sender's latency out between batching, repair and the output lead."""
+        settings = self.settings
+        budget = latency_budget(
+            latency,
+            max_batch_delay=settings.input_delay,
+            buffer_frames=settings.output_buffer_frames,
+            period_frames=settings.output_period_frames,
+        )
+        if budget == self._budget:
+            return
+        if self._budget is None or abs(budget.latency - self._budget.latency) > 0.01:
+            logger.info(
+                "[session %d] latency %.0f ms: batches of %.0f ms, repair window %.0f ms",
+                self.session_id,
+                budget.latency * 1e3,
+                budget.batch_delay * 1e3,
+                budget.repair_window * 1e3,
+            )
+        self._budget = budget
+        if self._audio is not None:
+            self._audio.use_budget(budget)
 
     # ---------------------------------------------------------------- helpers
 
     def _start_at(self, seq: int | None, rtptime: int) -> None:
         """Audio starts at (seq, rtptime): earlier audio is dropped, losses before it count."""
-        self._flush_until = rtptime
-        self._next_rtptime = rtptime
-        self._jitter.reset(start_seq=seq)
+        if self._audio is not None:
+            self._audio.start_at(seq, rtptime)
 
     def _end(self, reason: str, now: float | None) -> None:
         if self.state is State.ENDED:
             return
         self.state = State.ENDED
         self.arbiter.release(self)
-        self._cipher = None  # forget the keys
-        self._jitter.reset()
+        if self._audio is not None:
+            self._audio.cipher = None  # forget the keys
+            self._audio.flush()
         self._events.append(SessionEnded(reason))
         logger.info("[session %d] ended: %s", self.session_id, reason)
 
@@ -684,6 +711,7 @@ _HANDLERS: dict[tuple[str, str | None], _Handler] = {
     ("GET_PARAMETER", None): RaopSession._get_parameter,
     ("GET", "/info"): RaopSession._info,
     ("POST", "/feedback"): RaopSession._feedback,
+    ("POST", "/auth-setup"): RaopSession._auth_setup,
 }
 
 
@@ -725,6 +753,41 @@ def _transport_options(value: str) -> dict[str, str]:
         if sep:
             options[key.strip().lower()] = val.strip()
     return options
+
+
+AUTH_LOG_INTERVAL = 60.0  # seconds: at most one line per peer, with the failures in between
+
+
+class AuthFailureLog:
+    """Failed authentications at INFO: peer, method, why; one line per peer per interval."""
+
+    def __init__(self, interval: float = AUTH_LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._peers: dict[str, tuple[float, int]] = {}  # peer -> (last logged, failures since)
+
+    def failed(self, peer: str, method: str, why: str, now: float) -> None:
+        last = self._peers.get(peer)
+        if last is not None and 0 <= now - last[0] < self.interval:
+            self._peers[peer] = (last[0], last[1] + 1)
+            return
+        if len(self._peers) >= 1024:  # bounded however many peers try
+            self._peers.clear()
+        self._peers[peer] = (now, 0)
+        more = f"; {last[1]} more failures since the last line" if last and last[1] else ""
+        logger.info("authentication failed from %s: %s, %s%s", peer, method, why, more)
+
+
+AUTH_FAILURES = AuthFailureLog()
+
+
+def _auth_failure(request: RtspRequest, nonce: str) -> str:
+    """Why credentials that were given did not authenticate (the 401's reason phrase)."""
+    value = request.headers.get("Authorization") or ""
+    if not value.lower().startswith("digest "):
+        return "not Digest credentials"
+    if _parse_digest(value[7:]).get("nonce") != nonce:
+        return "stale nonce"
+    return "wrong password"
 
 
 def _parse_digest(value: str) -> dict[str, str]:

@@ -1,10 +1,16 @@
-"""Audio payload decoders: ALAC (FFmpeg through PyAV) and L16, to int16 PCM.
+"""Audio payload decoders: ALAC (verbatim natively, compressed through PyAV) and L16.
 
 `make_decoder(params)` picks one from the ANNOUNCE's stream parameters. Every decoder turns
 one (already decrypted) RTP payload into a C-contiguous int16 array of shape
-(frames, channels) holding exactly that packet's frames: a short last packet gives fewer
-than `frames_per_packet`, never stale samples. Anything undecodable raises `ProtocolError`,
-so a hostile or corrupt datagram can be counted and dropped.
+(frames, OUTPUT_CHANNELS) holding exactly that packet's frames: a short last packet gives
+fewer than `frames_per_packet`, never stale samples; a mono stream is duplicated to both
+output channels. Anything undecodable raises `DecodeError` (a `ProtocolError`) naming its
+`FrameFault`, so a hostile or corrupt datagram can be counted by reason and replaced.
+
+ALAC frames whose elements are verbatim ("escape": what PipeWire, PulseAudio and most
+non-Apple senders send) are read by `alac_verbatim` with numpy; compressed frames go to
+FFmpeg, and when FFmpeg refuses one only because its END element is missing, the frame is
+handed over again with END supplied.
 
 PyAV leaves FFmpeg's own logging off unless asked, so corrupt payloads cost an exception
 here, not a line on stderr; this module does not touch that process-wide setting.
@@ -20,12 +26,16 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
+from raopd.core.audio_format import OUTPUT_CHANNELS
 from raopd.core.sdp import AlacConfig, Codec, StreamParams
 from raopd.errors import ProtocolError
+from raopd.media.alac_verbatim import AlacFrameError, FrameFault, read_verbatim, with_end_element
 
 __all__ = [
     "AlacDecoder",
+    "DecodeError",
     "Decoder",
+    "FrameFault",
     "L16Decoder",
     "alac_cookie",
     "default_alac_config",
@@ -51,16 +61,31 @@ _UNSUPPORTED = 456
 _MAX_CHANNELS = 8
 
 
+class DecodeError(ProtocolError):
+    """A payload that cannot be decoded; `fault` says why (for counters and logs)."""
+
+    def __init__(self, fault: FrameFault, message: str) -> None:
+        super().__init__(message)
+        self.fault = fault
+
+
+def _to_output_channels(pcm: Pcm) -> Pcm:
+    """Mono duplicated to the output's two channels (the SDP admits only 1 or 2)."""
+    if pcm.shape[1] == OUTPUT_CHANNELS:
+        return pcm
+    return np.repeat(pcm, OUTPUT_CHANNELS, axis=1)
+
+
 class Decoder(Protocol):
     """Turns one decrypted RTP payload into int16 PCM, shape (frames, channels)."""
 
     @property
     def channels(self) -> int:
-        """Channels in every array `decode` returns."""
+        """Channels in the stream (every array `decode` returns has OUTPUT_CHANNELS)."""
         ...
 
     def decode(self, payload: bytes) -> Pcm:
-        """The payload's own frames; `ProtocolError` if it cannot be decoded."""
+        """The payload's own frames; `DecodeError` if it cannot be decoded."""
         ...
 
 
@@ -105,7 +130,7 @@ def alac_cookie(config: AlacConfig) -> bytes:
 
 
 class AlacDecoder:
-    """Apple Lossless, compressed or verbatim ("escape") frames, one per payload."""
+    """Apple Lossless, verbatim ("escape") or compressed frames, one per payload."""
 
     __slots__ = ("_channels", "_context", "_max_frames")
 
@@ -130,17 +155,42 @@ class AlacDecoder:
         return self._channels
 
     def decode(self, payload: bytes) -> Pcm:
-        # An empty packet means "drain" to FFmpeg and would end the stream for good.
-        if not payload:
-            raise ProtocolError("empty ALAC payload")
+        try:
+            pcm = read_verbatim(payload, self._channels, self._max_frames)
+        except AlacFrameError as exc:
+            raise DecodeError(exc.fault, f"ALAC payload ({len(payload)} bytes): {exc}") from exc
+        if pcm is None:
+            pcm = self._decode_compressed(payload)
+        return _to_output_channels(pcm)
+
+    def _decode_compressed(self, payload: bytes) -> Pcm:
+        try:
+            return self._ffmpeg(payload)
+        except DecodeError as first:
+            # Senders that leave out the END element pad the frame to a byte, so the last
+            # element ends somewhere in the last 8 bits. Try END at each place, fewest
+            # padding bits first: with END too early FFmpeg reads padding as another element
+            # past the configured channels and refuses, so the first success is the frame.
+            for cut_bits in range(8):
+                try:
+                    return self._ffmpeg(with_end_element(payload, cut_bits))
+                except DecodeError:
+                    continue
+            raise first
+
+    def _ffmpeg(self, payload: bytes) -> Pcm:
         try:
             frames = self._context.decode(av.Packet(payload))
         except (av.error.FFmpegError, ValueError) as exc:
-            raise ProtocolError(f"undecodable ALAC payload ({len(payload)} bytes): {exc}") from exc
+            raise DecodeError(
+                FrameFault.REJECTED, f"ALAC payload ({len(payload)} bytes) refused: {exc}"
+            ) from exc
         if len(frames) != 1:
             # ALAC has no decoder delay: one payload is one frame. Zero frames means FFmpeg
             # gave up quietly (e.g. fewer channel elements than configured).
-            raise ProtocolError(f"ALAC payload gave {len(frames)} frames, expected 1")
+            raise DecodeError(
+                FrameFault.REJECTED, f"ALAC payload gave {len(frames)} frames, expected 1"
+            )
         frame = frames[0]
         count = frame.samples
         planes = frame.planes
@@ -149,8 +199,9 @@ class AlacDecoder:
             or len(planes) != self._channels
             or not 0 < count <= self._max_frames
         ):
-            raise ProtocolError(
-                f"ALAC payload decoded to {count} x {len(planes)} {frame.format.name}"
+            raise DecodeError(
+                FrameFault.REJECTED,
+                f"ALAC payload decoded to {count} x {len(planes)} {frame.format.name}",
             )
         # Interleave by assigning each plane to a column of a fresh array: about 3x cheaper
         # than to_ndarray().T.copy(), and the array never aliases FFmpeg's reused buffers.
@@ -179,13 +230,14 @@ class L16Decoder:
     def decode(self, payload: bytes) -> Pcm:
         size = len(payload)
         if size == 0 or size % self._frame_bytes:
-            raise ProtocolError(
+            raise DecodeError(
+                FrameFault.BAD_LENGTH,
                 f"L16 payload of {size} bytes is not a whole number of "
-                f"{self._channels}-channel frames"
+                f"{self._channels}-channel frames",
             )
         samples = np.frombuffer(payload, _BIG_INT16)
         # astype makes the native-order copy the caller may keep.
-        return samples.astype(_INT16).reshape(-1, self._channels)
+        return _to_output_channels(samples.astype(_INT16).reshape(-1, self._channels))
 
 
 def make_decoder(params: StreamParams) -> Decoder:

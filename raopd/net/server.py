@@ -34,7 +34,8 @@ from raopd.core.session import (
 logger = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 32  # each holds three UDP ports; senders open one or two at a time
-# Audio datagrams are read in batches, this long after the first one of a batch arrives.
+# Audio datagrams are read in batches, at most this long after the first one of a batch
+# arrives: each stream's latency budget (core/latency.py) picks its own delay up to this.
 # Each wake-up starts with cold caches: here the first ALAC packet decoded after a 100 ms
 # sleep cost 300-400 us against 55 us for the next ones, and every stage (parsing, AES,
 # events, the output thread) pays the same again. Per-packet wake-ups cost 5.5 s of CPU per
@@ -335,6 +336,10 @@ class RtspConnection(asyncio.Protocol):
             udp.sendto(payload, addr)
         while (event := session.next_event()) is not None:
             self.server.on_event(session, event)
+        audio = self.channels.get(Channel.AUDIO)
+        if isinstance(audio, BatchedUdpChannel):
+            # The stream's latency budget decides how long audio may wait to be read.
+            audio.delay = session.input_batch_delay
         if session.should_close:
             self.transport.close()  # after the buffered response is written
             self._close()

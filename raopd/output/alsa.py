@@ -21,8 +21,12 @@ Only the output thread calls an `AlsaSink`. What it adds over a bare `alsaaudio.
   the next `write()` prepares it: the device stays usable after a flush.
 * **A device that goes away** (USB DAC unplugged: `write()` raises, `avail()` returns -ENODEV or
   -EBADFD, the state reads DISCONNECTED) is closed; `reopen_if_due()` tries to open it again at
-  once and then every `retry_interval` seconds. The output thread keeps its heartbeat and the
-  timeline meanwhile; the event loop is never involved. `opened` says which case holds (/readyz).
+  once, then after `retry_interval` seconds, doubling the wait up to `retry_max` (1 s to 30 s:
+  a DAC replugged is back within a second, one missing for a day costs a try every 30 s). The
+  log gets one line when the device goes and one when it is back, plus one if the reason it
+  cannot be opened changes; each attempt is only a debug line. The output thread keeps its
+  heartbeat and the timeline meanwhile; the event loop is never involved. `opened` says which
+  case holds (/readyz).
 * **Devices without a clock** (ALSA's `null`, the `file` plugin over `null`) take any amount of
   audio at once. After a few writes that vanish instantly the sink paces itself to real time with
   a virtual queue of `buffer_frames`, so such a device does not spin a CPU core and reports a
@@ -167,6 +171,7 @@ class AlsaSink:
         buffer_frames: int = 4096,
         *,
         retry_interval: float = 1.0,
+        retry_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         pcm_factory: PcmFactory | None = None,
@@ -175,6 +180,9 @@ class AlsaSink:
         self.period_frames = period_frames
         self.buffer_frames = buffer_frames
         self.retry_interval = retry_interval
+        self.retry_max = max(retry_max, retry_interval)
+        self._retry_delay = retry_interval
+        self._last_failure = ""  # why the last reopen failed, logged once per distinct reason
         self._requested = (period_frames, max(2, round(buffer_frames / period_frames)))
         self._clock = clock
         self._sleep = sleep
@@ -269,6 +277,12 @@ class AlsaSink:
         self._clockless = False
         self._virtual_end = 0.0
 
+    def note_failure(self, reason: str) -> None:
+        """An `open()` failed (at start-up): schedule the first retry, remember why."""
+        self._last_failure = reason
+        self._next_retry = self._clock() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, self.retry_max)
+
     def reopen_if_due(self) -> bool:
         """After a loss: try to open again when the retry time has come. True when open."""
         if self._pcm is not None:
@@ -276,17 +290,26 @@ class AlsaSink:
         now = self._clock()
         if now < self._next_retry:
             return False
-        self._next_retry = now + self.retry_interval
+        delay = self._retry_delay
+        self._next_retry = now + delay
+        self._retry_delay = min(delay * 2, self.retry_max)
         with self._lock:
             self.reopen_attempts += 1
         try:
             self.open()
         except OutputError as exc:
-            logger.debug("ALSA %s still unavailable: %s", self.device, exc)
+            reason = str(exc)
+            if reason != self._last_failure and self._last_failure:
+                logger.warning("%s; still retrying, at most every %.0f s", reason, self.retry_max)
+            else:
+                logger.debug("%s; next try in %.0f s", reason, delay)
+            self._last_failure = reason
             return False
         with self._lock:
             self.reopens += 1
         self._lost = False
+        self._retry_delay = self.retry_interval
+        self._last_failure = ""
         logger.warning("ALSA %s is back: playback resumes", self.device)
         return True
 
@@ -446,3 +469,4 @@ class AlsaSink:
         self._lost = True
         self._playing = False
         self._next_retry = self._clock()  # first retry at once: most errors are momentary
+        self._retry_delay = self.retry_interval

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from raopd.core.audio_format import SAMPLE_RATE as RATE
 from raopd.core.clock import ClockEstimate
+from raopd.core.latency import output_lead
 from raopd.core.playout import Playout, PlayoutSettings, PlayoutStats
 from raopd.output.alsa import AlsaCounters
 from raopd.output.sinks import AudioSink
@@ -124,6 +126,10 @@ class OutputThread:
         self._published = PlayoutStats()
         self._interval_min: int | None = None
         self._interval_exact = True
+        # How full to keep the device buffer and how much to write at a time: from the
+        # stream's latency (core/latency.py). None: full, a period at a time (2 s senders).
+        self._fill_frames: int | None = None
+        self._write_frames = period_frames
 
     @property
     def alive(self) -> bool:
@@ -231,7 +237,18 @@ class OutputThread:
             now, delay = sink.measure()
             if not sink.opened:
                 continue  # lost while measuring
-            block = self.playout.pull(now, delay, self.period_frames)
+            if self._fill_frames is not None and delay > self._fill_frames:
+                # A low-latency sender: keep the device only as full as its budget allows,
+                # or audio would have to reach us earlier than the sender sends it.
+                try:
+                    command = self._queue.get(timeout=(delay - self._fill_frames) / RATE)
+                except queue.Empty:
+                    continue
+                if isinstance(command, Stop):
+                    return
+                self._apply(command)
+                continue
+            block = self.playout.pull(now, delay, self._write_frames)
             sink.write(block)  # blocks until the device has room: this paces the loop
             self._account(len(block), delay)
 
@@ -264,6 +281,7 @@ class OutputThread:
                 self.sink.stop()
         elif isinstance(command, UseClock):
             self.playout.use_clock(command.estimate)
+            self._use_latency(command.estimate)
         elif isinstance(command, SetGain):
             self.playout.set_volume(command.gain)
             self._gain = command.gain
@@ -271,3 +289,14 @@ class OutputThread:
             self.playout.flush(None)
             self.sink.stop()
             self._playing = False
+            self._fill_frames, self._write_frames = None, self.period_frames
+
+    def _use_latency(self, estimate: ClockEstimate) -> None:
+        buffer_frames = int(getattr(self.sink, "buffer_frames", 0))
+        if buffer_frames <= 0:
+            return
+        fill, write = output_lead(
+            estimate.latency_frames / max(1, estimate.rate), buffer_frames, self.period_frames
+        )
+        self._fill_frames = fill if fill < buffer_frames else None
+        self._write_frames = write

@@ -99,13 +99,57 @@ def test_start_hint_makes_lost_first_packets_a_gap():
     assert jb.pop_ready(0.2) == [Lost(500, 2, pkts[2].rtptime), pkts[2], pkts[3]]
 
 
-def test_jump_beyond_capacity_restarts():
+def test_jump_beyond_capacity_restarts_once_a_second_packet_confirms_it():
     jb: JitterBuffer[Pkt] = JitterBuffer(JitterSettings(capacity=64))
     jb.insert(Pkt(0, 0), 0.0)
     jb.pop_ready(0.0)
-    far = Pkt(1000, 352000)
-    assert jb.insert(far, 0.0) is Insert.RESTART
-    assert jb.pop_ready(0.0) == [far]
+    far, after = Pkt(1000, 352000), Pkt(1001, 352352)
+    assert jb.insert(far, 0.0) is Insert.STRAY
+    assert jb.pop_ready(0.0) == []
+    assert jb.insert(after, 0.0) is Insert.RESTART
+    # The jump is marked as a run the caller may fill, then the new stream plays.
+    assert jb.pop_ready(0.0) == [Lost(1, 999, 352000), far, after]
+    assert jb.stats.restarts == 1 and jb.stats.stray == 0 and jb.stats.lost == 0
+
+
+def test_restart_releases_what_is_buffered_instead_of_discarding_it():
+    # Issue 10: a jump discarded up to capacity - 1 buffered packets without counting them.
+    jb: JitterBuffer[Pkt] = JitterBuffer(JitterSettings(capacity=64, repair_window=10.0))
+    pkts = stream(0, 0, 40)
+    for p in pkts[:1] + pkts[2:]:
+        jb.insert(p, 0.0)
+    assert jb.pop_ready(0.0) == pkts[:1]  # stalled at the gap at seq 1
+    far = stream(5000, 10_000_000, 2)
+    assert jb.insert(far[0], 0.1) is Insert.STRAY
+    assert jb.insert(far[1], 0.1) is Insert.RESTART
+    out = jb.pop_ready(0.1)
+    assert out == [Lost(1, 1, pkts[2].rtptime), *pkts[2:], Lost(40, 4960, far[0].rtptime), *far]
+    assert jb.stats.lost == 1  # the real gap; the jump is not a loss
+
+
+def test_a_single_stray_packet_is_dropped_and_counted_not_a_restart():
+    # Issue 10: one forged packet (seq + 5000) wiped 26.5 s.
+    jb: JitterBuffer[Pkt] = JitterBuffer()
+    pkts = stream(100, 0, 200)
+    out = []
+    for i, p in enumerate(pkts):
+        if i == 50:
+            assert jb.insert(Pkt(5100, 123), 0.0) is Insert.STRAY
+        assert jb.insert(p, 0.0) is Insert.NEW
+        out += jb.pop_ready(0.0)
+    assert out == pkts
+    assert jb.stats.stray == 1 and jb.stats.restarts == 0
+
+
+def test_overfull_buffer_gives_up_the_gap_not_the_audio():
+    jb: JitterBuffer[Pkt] = JitterBuffer(JitterSettings(capacity=64, repair_window=100.0))
+    pkts = stream(0, 0, 300)
+    out = []
+    for p in pkts[:1] + pkts[2:]:
+        assert jb.insert(p, 0.0) is Insert.NEW
+        out += jb.pop_ready(0.0)
+    assert out == [pkts[0], Lost(1, 1, pkts[2].rtptime), *pkts[2:]]
+    assert jb.stats.overfull == 1 and jb.stats.lost == 1 and jb.stats.restarts == 0
 
 
 @settings(max_examples=300, deadline=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import plistlib
 import random
@@ -402,10 +403,20 @@ def test_ten_thousand_bad_datagrams_never_raise_and_do_not_disturb_the_stream():
     assert np.array_equal(out, pcm)
 
 
-@pytest.mark.parametrize(("input_delay", "window"), [(0.0, 1.5), (0.25, 1.25)])
-def test_repair_window_leaves_the_release_margin_after_batched_reads(input_delay, window):
-    """Latency 2 s: gaps may wait 2 - 0.5 s, less however late the adapter hands packets over."""
-    session = make_session(input_delay=input_delay)
+@pytest.mark.parametrize(
+    ("input_delay", "buffer", "window", "batch"),
+    [
+        (0.0, 0, 2.0 - 0.03, 0.0),  # replay: no batching, no device
+        (0.25, 0, 2.0 - 0.25 - 0.03, 0.25),  # a file: 250 ms batches, no device lead
+        # ALSA, 8192-frame buffer written 2048 at a time: today's budget for a 2 s sender.
+        (0.25, 8192, 2.0 - 0.25 - 10240 / 44100 - 0.03, 0.25),
+    ],
+)
+def test_repair_window_is_what_the_latency_leaves(input_delay, buffer, window, batch):
+    """Latency 2 s: gaps may wait what batching, the device lead and a safety margin leave."""
+    session = make_session(
+        input_delay=input_delay, output_buffer_frames=buffer, output_period_frames=2048
+    )
     start(session, encrypted=False)
     session.handle_timer(1.0)  # sends the first timing request
     requests = [p for c, p, _ in session.datagrams_to_send() if c is Channel.TIMING]
@@ -417,4 +428,91 @@ def test_repair_window_leaves_the_release_margin_after_batched_reads(input_delay
     sync = SyncPacket(rtptime_at_ntp=1000, ntp=ns_to_ntp(sender_ns), rtptime_now=1000 + 77175)
     session.datagram_received(Channel.CONTROL, bytes(sync), SENDER_CONTROL, 1.001)
     assert session.estimate is not None
-    assert session._jitter.settings.repair_window == pytest.approx(window)
+    assert session.audio_path is not None
+    assert session.audio_path.jitter.settings.repair_window == pytest.approx(window)
+    assert session.input_batch_delay == pytest.approx(batch)
+
+
+def test_tcp_transport_is_refused_with_461_and_one_warning(caplog):
+    """Issue 9: a TCP-transport sender got 200 with a UDP transport back, then stalled."""
+    session = make_session()
+    body, _ = sdp(False)
+    exchange(session, request("ANNOUNCE", cseq=2, body=body, Content_Type="application/sdp"))
+    caplog.set_level(logging.WARNING, logger="raopd.core.session")
+    status, headers, _ = exchange(
+        session,
+        request("SETUP", cseq=3, Transport="RTP/AVP/TCP;unicast;interleaved=0-1;mode=record"),
+    )
+    assert status == 461 and "Transport" not in headers
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "RTP/AVP/TCP" in warnings[0].getMessage()
+    # The session is not broken: the sender may try UDP.
+    assert (
+        exchange(
+            session,
+            request("SETUP", cseq=4, Transport="RTP/AVP/UDP;unicast;control_port=1;timing_port=2"),
+        )[0]
+        == 200
+    )
+
+
+def test_pipewire_auth_setup_mode_plays():
+    """PipeWire's auth_setup mode: POST /auth-setup, then an unencrypted ANNOUNCE whose last
+    SDP line (min-latency) has no line ending; it ignores the auth-setup status."""
+    session = make_session()
+    assert exchange(session, request("POST", "/auth-setup", body=b"\x01" + bytes(32)))[0] == 501
+    body = (
+        b"v=0\r\no=iTunes 1 0 IN IP4 192.0.2.10\r\ns=iTunes\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+        b"m=audio 0 RTP/AVP 96\r\na=rtpmap:96 AppleLossless\r\n"
+        b"a=fmtp:96 352 0 16 40 10 14 2 255 0 0 44100\r\na=min-latency:11025"
+    )
+    assert (
+        exchange(session, request("ANNOUNCE", cseq=2, body=body, Content_Type="application/sdp"))[0]
+        == 200
+    )
+    assert session.params is not None and session.params.min_latency_frames == 11025
+    transport = (
+        "RTP/AVP/UDP;unicast;interleaved=0-1;mode=record;control_port=50001;timing_port=50002"
+    )
+    assert exchange(session, request("SETUP", cseq=3, Transport=transport))[0] == 200
+    assert exchange(session, request("RECORD", cseq=4, RTP_Info="seq=7;rtptime=0"))[0] == 200
+    pcm, packets = audio_datagrams(None, 7, 0, 20, np.random.default_rng(4))
+    for packet in packets:
+        session.datagram_received(Channel.AUDIO, bytes(packet), (PEER, 40000), 0.1)
+    out, _ = collect_audio(session)
+    assert np.array_equal(out, pcm)
+
+
+def test_volume_is_full_scale_until_the_sender_sets_one(caplog):
+    session = make_session()
+    start(session)
+    _, _headers, body = exchange(
+        session, request("GET_PARAMETER", body=b"volume\r\n", Content_Type="text/parameters")
+    )
+    assert body == b"volume: 0.000000\r\n"
+    caplog.set_level(logging.INFO, logger="raopd.core.session")
+    exchange(
+        session, request("SET_PARAMETER", body=b"volume: -20\r\n", Content_Type="text/parameters")
+    )
+    assert any("volume -20.00" in r.getMessage() for r in caplog.records)
+
+
+def test_a_sender_with_sync_latency_0_gets_a_250ms_budget():
+    """PipeWire's sync packets carry latency 0: 11025 frames (250 ms) from sync to playing."""
+    session = make_session(input_delay=0.25, output_buffer_frames=8192, output_period_frames=2048)
+    start(session, encrypted=False)
+    session.handle_timer(1.0)
+    requests = [p for c, p, _ in session.datagrams_to_send() if c is Channel.TIMING]
+    origin = TimingPacket.parse(requests[-1]).transmit
+    sender_ns = 9 * 10**18
+    answer = TimingPacket(True, origin, ns_to_ntp(sender_ns), ns_to_ntp(sender_ns))
+    session.datagram_received(Channel.TIMING, bytes(answer), (PEER, 50002), 1.0002)
+    sync = SyncPacket(rtptime_at_ntp=1000, ntp=ns_to_ntp(sender_ns), rtptime_now=1000)
+    session.datagram_received(Channel.CONTROL, bytes(sync), SENDER_CONTROL, 1.001)
+    budget = session.latency_budget
+    assert budget is not None and budget.latency == pytest.approx(0.25)
+    assert session.input_batch_delay == pytest.approx(0.03125)
+    assert session.audio_path is not None
+    settings = session.audio_path.jitter.settings
+    assert 0.08 < settings.repair_window < 0.1
+    assert settings.resend_first_delay < settings.repair_window / 2

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raopd.errors import ProtocolError
+from raopd.media import crypto
 from raopd.media.crypto import PacketCipher, airport_key, apple_response, unwrap_session_key
 
 # protocol.md §3.1
@@ -186,6 +187,15 @@ def test_crt_signature_verifies_for_any_challenge(challenge, hw):
     message = recover(apple_response(text, "192.0.2.7", hw))
     expected = challenge + bytes([192, 0, 2, 7]) + hw
     assert message == expected.ljust(32, b"\x00")
+
+
+@settings(max_examples=30, deadline=None)
+@given(message=st.binary(min_size=32, max_size=64))
+def test_libcrypto_and_python_signatures_are_the_same_bytes(message):
+    # The daemon signs through libcrypto (fast); Python's pow is the fallback without it.
+    signer = crypto._raw_signer()
+    assert signer is not None, "libcrypto (OpenSSL 3) should be found on this machine"
+    assert signer.sign(message) == crypto._python_signature(message)
 
 
 # --- rsaaeskey -----------------------------------------------------------------------------

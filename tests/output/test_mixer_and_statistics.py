@@ -6,9 +6,9 @@ import math
 import alsaaudio
 import pytest
 
+from raopd.core.audio_path import AudioStats
 from raopd.core.jitter import JitterStats
 from raopd.core.playout import PlayoutStats
-from raopd.core.session import SessionStats
 from raopd.core.volume import MUTE
 from raopd.errors import OutputError
 from raopd.output.alsa import AlsaCounters
@@ -127,9 +127,9 @@ def snapshot(**overrides) -> OutputSnapshot:
 
 
 def test_statistics_line_uses_shairport_sync_names() -> None:
-    jitter = JitterStats(received=1200, late=3, missing=7, resend_requests=5)
-    session = SessionStats(resent_packets=6)
-    line = format_statistics(snapshot(), session, jitter)
+    jitter = JitterStats(received=1200, late=3, missing=7, resend_requests=5, lost=2)
+    audio = AudioStats(resent_packets=6, undecodable=4, paced_packets=1)
+    line = format_statistics(snapshot(), audio, jitter)
     for part in (
         "Sync Error ms: +0.25",
         "Net Sync PPM: -12.0",
@@ -140,6 +140,9 @@ def test_statistics_line_uses_shairport_sync_names() -> None:
         "Late: 3",
         "Resend Reqs: 5",
         "Resent: 6",
+        "Lost: 2",
+        "Undecodable: 4",
+        "Dropped: 4",
         "Min DAC Queue: 2914",
         "Underruns: 4",
         "Underflows: 1",
@@ -149,6 +152,9 @@ def test_statistics_line_uses_shairport_sync_names() -> None:
     ):
         assert part in line
     assert "Device" not in line  # only shown after a device problem
+    # Packets replaced or dropped in the interval: not bit-exact, whatever the output did.
+    line = format_statistics(snapshot(), audio, jitter, replaced_in_interval=1)
+    assert "Bit-exact: no" in line
 
 
 def test_statistics_line_flags_attenuation_and_a_lost_device() -> None:
