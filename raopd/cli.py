@@ -223,6 +223,14 @@ def _add_send_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         help="wait this long after the last packet before TEARDOWN (default: the latency, "
         "1.75 s); 0 tears down at once",
     )
+    send.add_argument(
+        "--burst",
+        dest="send_burst",
+        type=float,
+        metavar="SECONDS",
+        help="send in bursts this far apart and stamp syncs at burst time, as node-airtunes2 "
+        "does (100 ms): stamps up to that late",
+    )
     for flag, dest, what in (
         ("--drop", "send_drop", "fraction of packets lost on their first send"),
         ("--reorder", "send_reorder", "probability of swapping a packet with the next"),
@@ -262,6 +270,7 @@ def _send(args: argparse.Namespace) -> int:
             reorder=args.send_reorder,
             duplicate=args.send_duplicate,
             seed=args.send_seed,
+            burst=args.send_burst,
         )
     except ValueError as exc:
         print(f"raopd send: {exc}", file=sys.stderr)

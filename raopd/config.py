@@ -284,11 +284,12 @@ class Config:
         unit="s",
     )
     drift_tolerance: float = _setting(
-        # 0.1 ms, not shairport-sync's 2 ms: corrections are single spread frames, inaudible,
-        # so there is no reason to let the error grow before acting.
+        # 0.1 ms, not shairport-sync's 2 ms: the playout widens the band to five times the
+        # measured noise of its filtered delay reading (core/playout.py), so this is the floor
+        # for a clean reading; a noisy one gets a wider band by itself.
         0.0001,
         "float",
-        "sync error tolerated before correcting drift",
+        "sync error tolerated before correcting drift (the least; wider on a noisy device)",
         _float_range(0.0, 1.0, " s"),
         unit="s",
     )

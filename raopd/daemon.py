@@ -262,6 +262,7 @@ def statistics_line(state: DaemonState) -> str:
         session.audio_stats,
         session.jitter_stats,
         session.estimate,
+        session.clock_stats,
         session=session.stats,
         replaced_in_interval=count - before,
     )

@@ -31,10 +31,12 @@ Modes, per pull (timed mode):
     error first leaves the **tolerance band**, so with agreeing clocks no frame is touched:
     * the **drift rate**: the slope of the *uncorrected* error (filtered error plus every frame
       already dropped or inserted, minus every move of the estimate itself) over the last
-      `drift_window` seconds, by least squares, used once it is 4 standard errors from 0. It is
-      the DAC-vs-sender clock difference, learnt from the error's trend rather than by an
-      integrator, so noise on the reading does not wind anything up and the frames corrected are
-      the ones the difference needs (`stats.drift_ppm` reports it);
+      `drift_window` seconds (at least 3 s), by least squares, used once it is 4 standard
+      errors from 0 (counting one independent point per filter window). It is the DAC-vs-sender
+      clock difference, learnt from the error's trend rather than by an integrator, so noise on
+      the reading does not wind anything up and the frames corrected are the ones the difference
+      needs (`stats.drift_ppm` reports it). A raw reading that jumps by more than 4 bands (and
+      1 ms) is a step of the DAC position, not drift: the fit starts again after it;
     * a **proportional** term, `kp_ppm_per_ms * (error -+ band / 2)`, from when the filtered
       error leaves the band until it is back within half of it: it works off a start error, a
       move of the anchor or what the drift rate has not caught yet, 0.5 s time constant, capped
@@ -149,6 +151,9 @@ ANCHOR_SLEW_LIMIT = 0.25
 """Moves of the estimate smaller than this (s; the anchor's own limit for a late stamp) are
 slewed to, however far past the resync threshold: a better anchor is not a discontinuity."""
 
+DRIFT_MIN_SPAN = 3.0
+"""Seconds of error the drift fit needs before it is used."""
+
 STEP_MIN = 0.001
 """A jump of the uncorrected error (s) between two pulls beyond 4 bands and this is a step of
 the DAC position, kept out of the drift fit."""
@@ -187,6 +192,7 @@ class Playout:
         self._explained = 0.0  # s of the current error that estimate moves explain
         self._moved = 0.0  # s the estimate moved the due time of the playing audio (+ = later)
         self._trend: deque[tuple[float, float]] = deque()  # (now, uncorrected error)
+        self._last_uncorrected = 0.0  # the previous pull's raw uncorrected error
         self._rate = 0.0  # ppm, the drift rate in use
         self._gain = 1.0
         self._rng = np.random.default_rng(self.settings.dither_seed)
@@ -353,6 +359,7 @@ class Playout:
         # A (re)start is a discontinuity of the error: the drift fit starts over (the rate
         # learnt so far stays: the clocks did not change).
         self._trend.clear()
+        self._last_uncorrected = math.inf  # the first pull of a run is not a step
         self._slewing = False
         self._explained = 0.0
 
@@ -369,16 +376,21 @@ class Playout:
         band = max(settings.tolerance, BAND_NOISE * noise)
         stats.band_ms = band * 1e3
         trend = self._trend
-        uncorrected = error + self._corrected_s + self._moved
-        if trend and abs(uncorrected - trend[-1][1]) > max(4.0 * band, STEP_MIN):
+        offset = self._corrected_s + self._moved
+        if abs(error + offset - self._last_uncorrected) > max(4.0 * band, STEP_MIN):
             # The DAC position stepped (a reading no noise explains): not a drift, so the fit
             # starts over past it; the proportional term works the step off.
             trend.clear()
-        trend.append((now, uncorrected))
+        self._last_uncorrected = error + offset
+        # The fit takes the filtered error: one odd reading (a late wake-up) is not a trend.
+        trend.append((now, median + offset))
         while trend and trend[0][0] < now - settings.drift_window:
             trend.popleft()
-        if len(trend) >= 16 and trend[-1][0] - trend[0][0] >= 2.0:
+        if len(trend) >= 16 and trend[-1][0] - trend[0][0] >= DRIFT_MIN_SPAN:
             slope, stderr = _slope(trend)
+            # Neighbouring medians share most of their window: about one independent point
+            # per window, so the least-squares error is too small by sqrt(window).
+            stderr *= math.sqrt(max(1, len(self._errors)))
             if abs(slope) > max(4.0 * stderr, 2e-6):
                 cap = settings.max_correction_ppm
                 self._rate = max(-cap, min(cap, slope * 1e6))

@@ -27,7 +27,7 @@ from raopd.core import digest
 from raopd.core.arbiter import PlayArbiter
 from raopd.core.audio_format import FIXED_LATENCY_FRAMES
 from raopd.core.audio_path import MAX_AHEAD, AudioPath, AudioStats
-from raopd.core.clock import ClockEstimate, ClockSync
+from raopd.core.clock import ClockEstimate, ClockStats, ClockSync
 from raopd.core.dmap import parse_dmap
 from raopd.core.events import (
     ArtworkReceived,
@@ -532,6 +532,11 @@ class RaopSession:
     def estimate(self) -> ClockEstimate | None:
         """The latest clock estimate, if any."""
         return self._estimate
+
+    @property
+    def clock_stats(self) -> ClockStats | None:
+        """The clock's counters (rejected timing samples, late syncs...), once announced."""
+        return self._clock.stats if self._clock is not None else None
 
     def finish(self) -> None:
         """Release whatever the jitter buffer still holds (end of a replay)."""

@@ -200,6 +200,7 @@ class AlsaSink:
         self._lost = False  # the device was open once and went away
         self._next_retry = 0.0
         self._playing = False  # frames written since the last open/drop
+        self._stale = False  # opened and not written since: restart it before the first write
         self._virtual_end = 0.0  # clockless pacing: when the audio written would have played
         self._vanished = 0
         self._clockless = False
@@ -270,6 +271,7 @@ class AlsaSink:
             logger.info("ALSA %s: no snd_pcm_delay through pyalsaaudio; using avail()", self.device)
         with self._lock:
             self._pcm = pcm
+        self._stale = True
         self._playing = False
         self._vanished = 0
         self._clockless = False
@@ -345,6 +347,13 @@ class AlsaSink:
         if device is None or frames == 0:
             return
         data = pcm.astype("<i2", copy=False).tobytes()
+        if self._stale:
+            # Opened a while ago and never written: restart the stream, so that its delay
+            # counts from now (the pulse plugin's stream ran on meanwhile, and its latency
+            # read negative, clamped to 0, until the writes caught up: 2.4 s of zero delay).
+            self._stale = False
+            with contextlib.suppress(Exception):
+                device.drop()
         rewrites = 0
         while data:
             try:

@@ -18,7 +18,14 @@ packets a sender's FLUSH (or the stream's end) discarded; Refused = datagrams no
 sender or not parseable; Min DAC Queue = the smallest ALSA
 queue (frames) since the previous line; Underruns = DAC xruns and device losses; Underflows =
 times audio was due but had not arrived; Bit-exact = every block since the previous line
-carried the sender's samples untouched and no packet was replaced or dropped in that time.
+carried the sender's samples untouched and no packet was replaced or dropped in that time;
+Corrections = frames inserted/dropped this stream; DAC Drift PPM = the DAC's clock against the
+sender's timeline as the corrections imply (+ = the DAC is slow); Band ms = the tolerance band in
+use (the setting, or wider for a noisy delay reading); Late Syncs = sync packets stamped later
+than the anchor line (ignored), Stamp Spread ms = how late the sender's stamps run, Anchor Resets
+= anchor restarts (FLUSH, a jump the sender meant), Timing Rejected = timing replies inconsistent
+with the clock estimate (not used), Clock Steps = restarts of the clock estimate on a confirmed
+step of the sender's clock.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from __future__ import annotations
 import math
 
 from raopd.core.audio_path import AudioStats
-from raopd.core.clock import ClockEstimate
+from raopd.core.clock import ClockEstimate, ClockStats
 from raopd.core.jitter import JitterStats
 from raopd.core.session import SessionStats
 from raopd.output.player import OutputSnapshot
@@ -41,6 +48,7 @@ def format_statistics(
     audio: AudioStats | None = None,
     jitter: JitterStats | None = None,
     estimate: ClockEstimate | None = None,
+    clock: ClockStats | None = None,
     *,
     session: SessionStats | None = None,
     replaced_in_interval: int = 0,
@@ -90,10 +98,21 @@ def format_statistics(
         assert playout is not None
         fields.append(("Underflows", str(playout.underflows)))
         fields.append(("Resyncs", str(playout.resyncs)))
+        fields.append(("Corrections", f"+{playout.frames_inserted}/-{playout.frames_dropped}"))
+        fields.append(("DAC Drift PPM", _signed(playout.drift_ppm, 1)))
+        fields.append(("Band ms", f"{playout.band_ms:.2f}"))
         gain_db = 20 * math.log10(output.gain) if output.gain > 0 else -math.inf
         fields.append(("Gain dB", "mute" if gain_db == -math.inf else f"{gain_db:.1f}"))
         exact = output.interval_bit_exact and not replaced_in_interval
         fields.append(("Bit-exact", "yes" if exact else "no"))
+    if clock is not None:
+        fields += [
+            ("Late Syncs", str(clock.syncs_late)),
+            ("Stamp Spread ms", f"{clock.stamp_spread_ms:.1f}"),
+            ("Anchor Resets", str(clock.anchor_resets)),
+            ("Timing Rejected", str(clock.rejected)),
+            ("Clock Steps", str(clock.steps)),
+        ]
     return ", ".join(f"{name}: {value}" for name, value in fields)
 
 

@@ -129,6 +129,10 @@ class SenderOptions:
     # (first packet index, count): those payloads are all 0xFF bytes (before encryption),
     # which no decoder accepts: a receiver must play them as silence of their length.
     garbage: tuple[int, int] | None = None
+    # Seconds between bursts, node-airtunes2 style: every `burst` s (+0..2 ms), send every
+    # packet whose time has come, and stamp a sync packet with the burst's time, so the stamp
+    # is 0..burst late for the frame it names. None: each packet at its own time, stamps exact.
+    burst: float | None = None
     first_seq: int | None = None  # None: random
     first_rtptime: int | None = None  # None: random
     user_agent: str = f"raopd-sender/{__version__}"
@@ -144,6 +148,8 @@ class SenderOptions:
                 raise ValueError(f"{name} must be a probability in [0, 1], not {value}")
         if self.hw_addr is not None and len(self.hw_addr) != HW_ADDR_BYTES:
             raise ValueError(f"hw_addr must be {HW_ADDR_BYTES} bytes")
+        if self.burst is not None and not 0 < self.burst <= 1.0:
+            raise ValueError(f"burst must be in (0, 1] s, not {self.burst}")
         if not 0 <= self.latency_frames < 1 << 31:
             raise ValueError(f"latency_frames out of range: {self.latency_frames}")
 
@@ -568,8 +574,11 @@ class RaopSender:
             f"volume: {volume:.6f}\r\n".encode(),
         )
 
-    async def play(self, pcm: npt.ArrayLike) -> None:
-        """Send `pcm` (int16, (frames, 2)) in real time (times `speed`), then linger."""
+    async def play(self, pcm: npt.ArrayLike, start: float | None = None) -> None:
+        """Send `pcm` (int16, (frames, 2)) in real time (times `speed`), then linger.
+
+        `start` is the loop time of the first frame (default: now + lead); several senders
+        given the same `start` act as one sender streaming to several receivers."""
         array = np.asarray(pcm)
         if array.dtype != np.int16 or array.ndim != 2 or array.shape[1] != CHANNELS:
             raise ValueError(f"expected int16 PCM of shape (frames, 2), got {array.shape}")
@@ -618,7 +627,12 @@ class RaopSender:
         # Every packet is encoded once, even a dropped one: it must be in the backlog
         # by the time the receiver asks for it.
         seconds_per_packet = FRAMES_PER_PACKET / (RATE * options.speed)
-        t0 = loop.time() + options.lead
+        t0 = loop.time() + options.lead if start is None else start
+        # Burst mode: the bursts' times, like a timer re-armed after each burst that fires
+        # 0..2 ms late (node's setTimeout), so their phase against the frames wanders. Drawn
+        # from the seed, so senders with the same start and seed burst at the same times.
+        burst_rng = random.Random(f"burst:{options.seed}")
+        burst_at = t0 - burst_rng.uniform(0.0, options.burst or 0.0)
         sync_every = RATE  # frames of audio between sync packets
         next_sync_frame = 0
         highest = -1
@@ -630,15 +644,26 @@ class RaopSender:
                 packet(cursor)
                 cursor += 1
             due = t0 + max(index, highest) * seconds_per_packet
-            delay = due - options.lead - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            stamp = due
+            if options.burst is not None:
+                # Wait for the first burst at or after the packet's time; stamp with it.
+                while due > burst_at:
+                    burst_at += options.burst + burst_rng.uniform(0.0, 0.002)
+                delay = burst_at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                stamp = burst_at
+            else:
+                delay = due - options.lead - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             now = loop.time()
-            report.max_lateness = max(report.max_lateness, now - due)
+            if options.burst is None:
+                report.max_lateness = max(report.max_lateness, now - due)
             highest = max(highest, index)
             frame = highest * FRAMES_PER_PACKET
             if frame >= next_sync_frame:
-                self._send_sync(frame, due, first=report.syncs == 0)
+                self._send_sync(frame, stamp, first=report.syncs == 0)
                 next_sync_frame = frame - frame % sync_every + sync_every
             self._send_audio(bytes(packet(index)))
             report.sent += 1

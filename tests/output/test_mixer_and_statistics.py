@@ -191,3 +191,23 @@ def test_daemon_mixer_device_and_idle_statistics_line() -> None:
     state = DaemonState(config=config, receiver=ReceiverInfo(name="x", hw_addr=b"\x02" * 6))
     assert "Sync Error ms: n/a" in statistics_line(state)
     assert config.statistics is False  # off unless asked for
+
+
+def test_statistics_line_shows_corrections_and_the_clock_counters() -> None:
+    from raopd.core.clock import ClockStats
+    from raopd.core.playout import PlayoutStats
+
+    playout = PlayoutStats(frames_inserted=12, frames_dropped=3, drift_ppm=-84.5, band_ms=2.31)
+    clock = ClockStats(syncs_late=7, stamp_spread_ms=61.0, anchor_resets=1, rejected=2, steps=0)
+    line = format_statistics(snapshot(playout=playout), clock=clock)
+    for part in (
+        "Corrections: +12/-3",
+        "DAC Drift PPM: -84.5",
+        "Band ms: 2.31",
+        "Late Syncs: 7",
+        "Stamp Spread ms: 61.0",
+        "Anchor Resets: 1",
+        "Timing Rejected: 2",
+        "Clock Steps: 0",
+    ):
+        assert part in line

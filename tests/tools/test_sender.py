@@ -3,6 +3,7 @@ and whole streams into raopd's RtspServer running in the same event loop on 127.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import numpy as np
@@ -332,3 +333,39 @@ async def test_wrong_receiver_identity_is_a_sender_error():
             await RaopSender("127.0.0.1", port, SenderOptions(hw_addr=bytes(6))).stream(music(0.1))
     finally:
         await server.close()
+
+
+async def test_burst_mode_stamps_syncs_late_and_alike_for_one_start():
+    """node-airtunes2's pacing: a sync is stamped with the time of the burst that carries it,
+    0..100 ms after its frame's time; two senders with one start and seed stamp alike."""
+    received = Received()
+    server = await run_server(received)
+    port = server.sockets[0].getsockname()[1]
+    pcm = music(4.0)
+    options = SenderOptions(speed=2.0, linger=0.2, hw_addr=HW, burst=0.1, seed=3)
+    senders = [RaopSender("127.0.0.1", port, options) for _ in range(2)]
+    stamps: list[list[tuple[int, float]]] = [[], []]
+    for sender, log in zip(senders, stamps, strict=True):
+        original = sender._send_sync
+
+        def record(frame, at, first, original=original, log=log):
+            log.append((frame, at))
+            original(frame, at, first)
+
+        sender._send_sync = record  # type: ignore[method-assign]
+    try:
+        await senders[0].connect()
+        start = asyncio.get_running_loop().time() + 0.2
+        await senders[0].play(pcm, start=start)
+        await senders[0].teardown()
+        await senders[0].close()
+        await senders[1].connect()
+        await senders[1].play(pcm, start=start)  # its start is in the past: same grid
+        await senders[1].close()
+    finally:
+        await server.close()
+    assert len(stamps[0]) >= 4
+    assert stamps[0] == stamps[1]
+    late = [at - (start + frame / (44100 * 2.0)) for frame, at in stamps[0]]
+    assert all(0.0 <= lateness <= 0.1 + 0.002 + 1e-9 for lateness in late)
+    assert max(late) > 0.01  # not stamped at the frame's own time
