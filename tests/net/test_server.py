@@ -11,8 +11,7 @@ import select
 import socket
 
 from raopd.core.arbiter import PlayArbiter
-from raopd.core.session import ReceiverInfo, SessionSettings
-from raopd.core.session import Channel
+from raopd.core.session import Channel, ReceiverInfo, SessionSettings
 from raopd.net.server import (
     AUDIO_BATCH_DELAY,
     BatchedUdpChannel,
