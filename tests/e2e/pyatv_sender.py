@@ -2,7 +2,8 @@
 
 Finds the receiver over mDNS with pyatv's public `scan` (multicast, or unicast mDNS to
 `--host`), connects with `pyatv.connect`, sets the RAOP service's password when given, and
-streams a file with `atv.stream.stream_file` (after `atv.audio.set_volume` with `--volume`). The last line on stdout is one JSON object:
+streams a file with `atv.stream.stream_file` (after `atv.audio.set_volume` if `--volume`
+is given). The last line on stdout is one JSON object:
 {"result": "ok"} or {"result": "error", "type": <exception class>, "message": ...}, and
 "scanned" is printed (flushed) before streaming starts so a test can tell the phases apart.
 pyatv's own log goes to stderr.
