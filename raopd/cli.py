@@ -176,7 +176,7 @@ def _add_send_command(commands: argparse._SubParsersAction) -> None:  # type: ig
     send.add_argument(
         "--codec",
         dest="send_codec",
-        choices=["alac", "alac-verbatim", "l16"],
+        choices=["alac", "alac-verbatim", "alac-verbatim-noend", "l16"],
         default="alac",
         help="compressed ALAC (default), uncompressed ALAC frames, or L16 PCM",
     )

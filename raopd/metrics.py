@@ -336,6 +336,11 @@ class DaemonCollector(Collector):
             "raopd_output_frames", "Frames written to the audio output", output.frames_written
         )
         yield _counter(
+            "raopd_output_rejected_frames",
+            "Frames dropped by the output for a shape or sample type it cannot play",
+            output.rejected_frames,
+        )
+        yield _counter(
             "raopd_output_underruns",
             "ALSA underruns (the device ran dry)",
             int(getattr(output.sink, "underruns", 0)),

@@ -61,7 +61,6 @@ from raopd.media.decoder import make_decoder
 logger = logging.getLogger(__name__)
 
 SERVER_VERSION = "105.1"  # AirTunes version of the AirPort Express that senders know best
-AUDIO_LATENCY_FRAMES = FIXED_LATENCY_FRAMES  # what every AP1 receiver reports in RECORD
 PUBLIC_METHODS = (
     "ANNOUNCE, SETUP, RECORD, PAUSE, FLUSH, TEARDOWN, OPTIONS, GET_PARAMETER, SET_PARAMETER"
 )
@@ -514,7 +513,8 @@ class RaopSession:
         if rtptime is not None:
             self._start_at(seq, rtptime)
         self._events.append(StreamStarted(self.params, rtptime, self.user_agent, self.client_name))
-        headers.append(("Audio-Latency", str(AUDIO_LATENCY_FRAMES)))
+        # What every AP1 receiver reports (protocol.md §6.2).
+        headers.append(("Audio-Latency", str(FIXED_LATENCY_FRAMES)))
         return RtspResponse(200, headers)
 
     def _flush(

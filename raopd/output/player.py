@@ -98,6 +98,8 @@ class OutputSnapshot:
     """Every block written since the previous reset was the sender's samples untouched."""
     sink: AlsaCounters | None
     """ALSA counters (None for a file)."""
+    rejected_frames: int = 0
+    """Frames pushed in a shape or type the output cannot play (dropped, never a crash)."""
 
 
 class OutputThread:
@@ -116,6 +118,8 @@ class OutputThread:
         self.period_frames = period_frames
         self.heartbeat = 0.0  # monotonic time of the thread's last loop: /healthz reads it
         self.frames_written = 0
+        self.rejected_frames = 0
+        self._channels = self.playout.settings.channels
         self._clock = clock
         self._queue: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="raopd-output", daemon=True)
@@ -160,6 +164,7 @@ class OutputThread:
                 interval_min_dac_queue=self._interval_min,
                 interval_bit_exact=self._interval_exact,
                 sink=sink if isinstance(sink, AlsaCounters) else None,
+                rejected_frames=self.rejected_frames,
             )
             if reset:
                 self._interval_min = None
@@ -273,7 +278,14 @@ class OutputThread:
 
     def _apply(self, command: Command) -> None:
         if isinstance(command, Push):
-            self.playout.push(command.rtptime, command.pcm)
+            pcm = command.pcm
+            if pcm.dtype != np.int16 or pcm.ndim != 2 or pcm.shape[1] != self._channels:
+                # The decoders never make such a block; if one ever comes, it is counted
+                # and dropped here rather than raised from numpy in the middle of playout.
+                self.rejected_frames += len(pcm)
+                logger.error("dropped a block of audio shaped %s %s", pcm.shape, pcm.dtype)
+                return
+            self.playout.push(command.rtptime, pcm)
             self._playing = True
         elif isinstance(command, Flush):
             self.playout.flush(command.until_rtptime)

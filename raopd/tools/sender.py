@@ -51,6 +51,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from raopd import __version__
+from raopd.core.audio_format import FIXED_LATENCY_FRAMES, FRAMES_PER_PACKET
+from raopd.core.audio_format import OUTPUT_CHANNELS as CHANNELS
+from raopd.core.audio_format import SAMPLE_RATE as RATE
 from raopd.core.ntp import NTP_EPOCH_OFFSET, seconds_to_ntp
 from raopd.core.packets import (
     AudioPacket,
@@ -81,15 +84,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CodecName = Literal["alac", "alac-verbatim", "l16"]
+# alac-verbatim-noend: verbatim frames as PipeWire and PulseAudio send them (no END element).
+CodecName = Literal["alac", "alac-verbatim", "alac-verbatim-noend", "l16"]
 CODECS: tuple[str, ...] = get_args(CodecName)
 
-RATE = 44100
-CHANNELS = 2
-FRAMES_PER_PACKET = 352
 DEFAULT_LATENCY_FRAMES = 77175  # what iOS puts in its sync packets (protocol notes §5.2.1)
 ALAC_FMTP = "352 0 16 40 10 14 2 255 0 0 44100"
-MIN_LATENCY_FRAMES = 11025
 SYNC_FLAGS = 7
 CHALLENGE_BYTES = 16
 HW_ADDR_BYTES = 6
@@ -283,7 +283,7 @@ def make_sdp(
     if aes_key_wrapped is not None and aes_iv is not None:
         lines.append("a=rsaaeskey:" + base64.b64encode(aes_key_wrapped).decode().rstrip("="))
         lines.append("a=aesiv:" + base64.b64encode(aes_iv).decode().rstrip("="))
-    lines.append(f"a=min-latency:{MIN_LATENCY_FRAMES}")
+    lines.append(f"a=min-latency:{FIXED_LATENCY_FRAMES}")
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
@@ -361,10 +361,12 @@ class PayloadEncoder:
         """One payload for up to 352 frames."""
         if self.codec == "alac":
             return self._alac.encode(pcm)
-        if self.codec == "alac-verbatim":
+        if self.codec in ("alac-verbatim", "alac-verbatim-noend"):
             from raopd.media.alac_encode import verbatim_alac_frame
 
-            return verbatim_alac_frame(pcm, FRAMES_PER_PACKET)
+            return verbatim_alac_frame(
+                pcm, FRAMES_PER_PACKET, pipewire_style=self.codec == "alac-verbatim-noend"
+            )
         return np.ascontiguousarray(pcm, dtype=">i2").tobytes()
 
 
