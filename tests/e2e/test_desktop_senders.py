@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -64,34 +65,47 @@ def lan() -> Iterator[Lan]:
 
 
 @pytest.fixture(scope="module")
-def buses(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Bus, Bus]]:
-    """A private session bus and system bus in the senders' namespace, and Avahi on the
-    system bus (for module-raop-discover)."""
-    directory = tmp_path_factory.mktemp("buses")
-    session = start_bus(lan.b, directory, "session")
+def system_bus(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
+    """The sender host's private system bus, with Avahi on it (for module-raop-discover):
+    one per namespace, as on a real host (two Avahis on one link would fight over 5353)."""
+    directory = tmp_path_factory.mktemp("system")
     system = start_bus(lan.b, directory, "system")
     avahi = start_avahi(lan.b, directory, lan.b_if, system)
-    yield session, system
-    for process in (avahi, system.process, session.process):
-        process.stop()
+    yield system
+    avahi.stop()
+    system.process.stop()
+
+
+@contextmanager
+def session_bus(lan: Lan, directory: Path) -> Iterator[Bus]:
+    """A private D-Bus session bus of one sender's own."""
+    bus = start_bus(lan.b, directory, "session")
+    try:
+        yield bus
+    finally:
+        bus.process.stop()
 
 
 @pytest.fixture(scope="module")
-def pipewire(lan: Lan, buses: tuple[Bus, Bus], tmp_path_factory) -> Iterator[PipeWire]:
-    sender = PipeWire(lan.b, tmp_path_factory.mktemp("pipewire"), *buses)
-    try:
-        yield sender.start()
-    finally:
-        sender.stop()
+def pipewire(lan: Lan, system_bus: Bus, tmp_path_factory) -> Iterator[PipeWire]:
+    directory = tmp_path_factory.mktemp("pipewire")
+    with session_bus(lan, directory / "bus") as bus:
+        sender = PipeWire(lan.b, directory, bus, system_bus)
+        try:
+            yield sender.start()
+        finally:
+            sender.stop()
 
 
 @pytest.fixture(scope="module")
-def pulseaudio(lan: Lan, buses: tuple[Bus, Bus], tmp_path_factory) -> Iterator[PulseAudio]:
-    sender = PulseAudio(lan.b, tmp_path_factory.mktemp("pulseaudio"), *buses)
-    try:
-        yield sender.start()
-    finally:
-        sender.stop()
+def pulseaudio(lan: Lan, system_bus: Bus, tmp_path_factory) -> Iterator[PulseAudio]:
+    directory = tmp_path_factory.mktemp("pulseaudio")
+    with session_bus(lan, directory / "bus") as bus:
+        sender = PulseAudio(lan.b, directory, bus, system_bus)
+        try:
+            yield sender.start()
+        finally:
+            sender.stop()
 
 
 @pytest.fixture
