@@ -26,7 +26,7 @@ from enum import Enum
 
 from raopd.core.arbiter import PlayArbiter
 from raopd.core.audio_format import FIXED_LATENCY_FRAMES
-from raopd.core.audio_path import AudioPath, AudioStats
+from raopd.core.audio_path import MAX_AHEAD, AudioPath, AudioStats
 from raopd.core.clock import ClockEstimate, ClockSync
 from raopd.core.dmap import parse_dmap
 from raopd.core.events import (
@@ -441,6 +441,8 @@ class RaopSession:
             frames_per_packet=params.frames_per_packet,
             cipher=cipher,
             jitter=self.settings.jitter,
+            # Only a device plays in real time; a file takes audio as fast as it comes.
+            max_ahead=MAX_AHEAD if self.settings.output_buffer_frames else None,
             label=f"[session {self.session_id}] {self.user_agent or 'sender'} at {self.peer_ip}",
         )
         # Counters run over the session's streams: the new path adds to the same objects.
@@ -687,8 +689,7 @@ class RaopSession:
         self.state = State.ENDED
         self.arbiter.release(self)
         if self._audio is not None:
-            self._audio.cipher = None  # forget the keys
-            self._audio.flush()
+            self._audio.close(self._last_activity if now is None else now)
         self._events.append(SessionEnded(reason))
         logger.info("[session %d] ended: %s", self.session_id, reason)
 

@@ -126,6 +126,9 @@ class SenderOptions:
     reorder: float = 0.0  # probability of swapping a packet with the next one
     duplicate: float = 0.0  # probability of sending a packet twice
     seed: int = 0
+    # (first packet index, count): those payloads are all 0xFF bytes (before encryption),
+    # which no decoder accepts: a receiver must play them as silence of their length.
+    garbage: tuple[int, int] | None = None
     first_seq: int | None = None  # None: random
     first_rtptime: int | None = None  # None: random
     user_agent: str = f"raopd-sender/{__version__}"
@@ -604,6 +607,7 @@ class RaopSender:
         report.duplicated = [self._seq(i) for i in sorted(plan.duplicated)]
         report.reordered = [self._seq(i) for i in sorted(plan.reordered)]
         encoder = PayloadEncoder(options.codec)
+        garbage = options.garbage
 
         def packet(index: int) -> AudioPacket:
             # The backlog doubles as the cache of built packets (duplicates and swaps
@@ -613,6 +617,8 @@ class RaopSender:
             rtptime = (report.first_rtptime + start) & 0xFFFFFFFF
             if made is None or made.rtptime != rtptime:
                 payload = encoder.encode(array[start : start + FRAMES_PER_PACKET])
+                if garbage is not None and garbage[0] <= index < garbage[0] + garbage[1]:
+                    payload = b"\xff" * len(payload)
                 if self._cipher is not None:
                     payload = self._cipher.encrypt(payload)
                 made = AudioPacket(
