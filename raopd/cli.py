@@ -382,7 +382,10 @@ def _main(argv: Sequence[str] | None) -> int:
     # While the daemon runs, alsa-lib's (and any C library's) stderr lines reach the log
     # through raopd's handler, timestamped and rate-limited, instead of raw on fd 2.
     capture = StderrCapture()
-    capture.start()
+    try:
+        capture.start()
+    except OSError as exc:  # no usable fd 2 (closed by whoever started us): run without
+        logger.debug("C libraries' stderr stays as it is: %s", exc)
     try:
         code, fatal = _run_daemon(args, config)
     finally:

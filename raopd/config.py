@@ -737,7 +737,10 @@ _SPS_DEFAULT_PIPE = "/tmp/shairport-sync-audio"  # shairport-sync's own default
 
 def shairport_sync_mapping() -> list[tuple[str, str, str]]:
     """(shairport-sync setting, raopd key, how) for every setting raopd reads from its file."""
-    rows = [(sps, key, "as is (`yes`/`no` are booleans)") for sps, key in _SPS_DIRECT.items()]
+    rows = [
+        (sps, key, "as is (`yes`/`no`)" if setting_kind(key) == "bool" else "as is")
+        for sps, key in _SPS_DIRECT.items()
+    ]
     rows += [(sps, key, how) for sps, (key, how) in _SPS_CONVERTED.items()]
     return sorted(rows)
 

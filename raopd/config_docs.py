@@ -60,17 +60,16 @@ def render_reference() -> str:
         "",
     ]
     for topic, keys in topics():
-        out += [f"## {topic}", "", "| Key | Flag | Environment | Default | Description |"]
-        out.append("|---|---|---|---|---|")
+        out += [f"## {topic}", "", "| Key | Flag | Environment | Default | Unit | Description |"]
+        out.append("|---|---|---|---|---|---|")
         for key in keys:
             flags = setting_flags(key)
             if setting_kind(key) == "bool":
-                flags = [f"{flags[0]}, --no-{flags[0][2:]}", *flags[1:]]
-            unit = setting_unit(key)
-            desc = setting_help(key) + (f" ({unit})" if unit else "")
+                flags = [f for flag in flags for f in (flag, f"--no-{flag[2:]}")]
             out.append(
                 f"| `{key}` | {', '.join(f'`{f}`' for f in flags)} | `{env_name(key)}` "
-                f"| {_cell(setting_default_text(key))} | {_cell(desc)} |"
+                f"| {_cell(setting_default_text(key))} | {setting_unit(key)} "
+                f"| {_cell(setting_help(key))} |"
             )
         out.append("")
     out += [

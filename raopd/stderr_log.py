@@ -19,6 +19,7 @@ distinct message per interval, however often the library repeats it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -83,9 +84,16 @@ class StderrCapture:
 
     def start(self) -> TextIO:
         """Redirect fd 2 and point `sys.stderr` at the original stderr; returns that stream."""
+        if sys.stderr is None:  # started with fd 2 closed: there is nothing to take over
+            raise OSError(errno.EBADF, "stderr is closed")
         sys.stderr.flush()
-        self._saved = os.dup(2)
-        read_fd, write_fd = os.pipe()
+        saved = os.dup(2)
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError:
+            os.close(saved)
+            raise
+        self._saved = saved
         os.dup2(write_fd, 2)
         os.close(write_fd)
         self._python_stderr = open(  # noqa: SIM115 - closed in stop()

@@ -277,9 +277,16 @@ class MdnsAdvertiser:
         )
 
     async def _poll_addresses(self) -> None:
+        failing = ""  # the error of the last poll; the same error again is not logged again
         while True:
             await asyncio.sleep(self.address_poll_interval)
             try:
                 await self.refresh_addresses()
-            except Exception:  # keep polling: the next change may well succeed
-                logger.exception("re-announcing new addresses failed")
+            except Exception as exc:  # keep polling: the next change may well succeed
+                if str(exc) != failing:
+                    logger.exception("re-announcing new addresses failed (will keep trying)")
+                failing = str(exc)
+                continue
+            if failing:
+                logger.info("re-announcing addresses works again")
+                failing = ""
