@@ -248,8 +248,11 @@ def pyatv_sender(lan: Lan, tmp_path: Path) -> Iterator[Callable[..., Sender]]:
         unicast: bool = False,
         identifier: str = DEVICE_ID,
         ns: str | None = None,
+        volume: float | None = None,
     ) -> Sender:
         args = [sys.executable, str(SENDER), str(path), "--identifier", identifier]
+        if volume is not None:
+            args += ["--volume", str(volume)]
         if unicast:
             args += ["--host", lan.a_ip]
         if password is not None:

@@ -2,7 +2,8 @@
 
 Finds the receiver over mDNS with pyatv's public `scan` (multicast, or unicast mDNS to
 `--host`), connects with `pyatv.connect`, sets the RAOP service's password when given, and
-streams a file with `atv.stream.stream_file`. The last line on stdout is one JSON object:
+streams a file with `atv.stream.stream_file` (after `atv.audio.set_volume` if `--volume`
+is given). The last line on stdout is one JSON object:
 {"result": "ok"} or {"result": "error", "type": <exception class>, "message": ...}, and
 "scanned" is printed (flushed) before streaming starts so a test can tell the phases apart.
 pyatv's own log goes to stderr.
@@ -39,6 +40,8 @@ async def stream(args: argparse.Namespace) -> dict[str, str]:
     )
     atv = await pyatv.connect(config, loop)
     try:
+        if args.volume is not None:
+            await atv.audio.set_volume(args.volume)
         await atv.stream.stream_file(args.file)
     finally:
         atv.close()
@@ -51,6 +54,7 @@ def main() -> int:
     parser.add_argument("--identifier", required=True)
     parser.add_argument("--host")
     parser.add_argument("--password")
+    parser.add_argument("--volume", type=float, help="0-100, set before streaming")
     parser.add_argument("--timeout", type=int, default=20)
     args = parser.parse_args()
     logging.basicConfig(

@@ -51,17 +51,21 @@ def record_session(
     if not network:  # every address, both families; advertised on the veth only
         args += ["--interface", lan.a_if]
     daemon = raopd(*args, network=network)
-    daemon.wait_ready()
-    with Tcpdump(lan.b, lan.b_if, pcap):
+    try:
+        daemon.wait_ready()
+        with Tcpdump(lan.b, lan.b_if, pcap):
 
-        def until_sent(count: int | None = None) -> None:
-            sent = int(wait_for(lambda: _sent_all(pcap, count), "the sender to send the file"))
-            wait_for(lambda: _written(out) >= sent, f"raopd to write the {sent} frames sent")
+            def until_sent(count: int | None = None) -> None:
+                sent = int(wait_for(lambda: _sent_all(pcap, count), "the sender to send it all"))
+                wait_for(lambda: _written(out) >= sent, f"raopd to write the {sent} frames sent")
 
-        play(until_sent)
-        log = daemon.wait_log(r"\] playing ")
-        session = re.findall(r"\[session (\d+)\] playing ", log)[-1]
-        daemon.wait_log(rf"\[session {session}\] ended: ")
+            play(until_sent)
+            log = daemon.wait_log(r"\] playing ")
+            session = re.findall(r"\[session (\d+)\] playing ", log)[-1]
+            daemon.wait_log(rf"\[session {session}\] ended: ")
+    except BaseException:
+        daemon.kill()  # a caller may try again (a sender that crashed): free the port
+        raise
     code, _ = daemon.stop()
     assert code == 0, daemon.log
     replayed_path = directory / "replayed.wav"
