@@ -63,6 +63,7 @@ class SessionTotals:
     session: Counter[str] = field(default_factory=Counter)  # SessionStats fields
     jitter: Counter[str] = field(default_factory=Counter)  # JitterStats fields
     audio: Counter[str] = field(default_factory=Counter)  # AudioStats counters
+    clock: Counter[str] = field(default_factory=Counter)  # ClockStats counters
     undecodable: Counter[str] = field(default_factory=Counter)  # by FrameFault label
     volume: float | None = None  # the last AirPlay volume a sender set
     # AirPlay volume -> the linear gain the output applies (None: volume is not applied).
@@ -81,6 +82,9 @@ class SessionTotals:
             audio = session.audio_stats
             self.audio.update({key: getattr(audio, key) for _, key, _ in _AUDIO_COUNTERS})
             self.undecodable.update(audio.undecodable_by_reason)
+            clock = session.clock_stats
+            if clock is not None:
+                self.clock.update({key: getattr(clock, key) for _, key, _ in _CLOCK_COUNTERS})
 
     def wrap(self, sink: EventSink) -> EventSink:
         """An event sink that accounts for each event, then passes it on to `sink`."""
@@ -211,6 +215,23 @@ _SESSION_COUNTERS = (
     ),
     ("rtsp_auth_failures", "auth_failures", "Wrong Digest answers"),
 )
+_CLOCK_COUNTERS = (
+    ("timing_replies", "replies", "Timing replies received"),
+    (
+        "timing_rejected",
+        "rejected",
+        "Timing replies not used: inconsistent with the clock estimate beyond jitter and drift",
+    ),
+    ("clock_steps", "steps", "Clock estimates restarted on a confirmed step of a sender's clock"),
+    ("sync_packets", "syncs", "Sync packets received"),
+    ("sync_packets_late", "syncs_late", "Sync packets stamped later than the anchor line"),
+    (
+        "sync_packets_rejected",
+        "syncs_rejected",
+        "Sync packets more than 250 ms off the anchor line (discontinuity candidates)",
+    ),
+    ("anchor_resets", "anchor_resets", "Sync anchors restarted (FLUSH, a jump the sender meant)"),
+)
 _AUDIO_COUNTERS = (
     ("packets_resent", "resent_packets", "Audio packets received as resends"),
     ("packets_flushed", "flushed_packets", "Audio packets dropped as older than a flush"),
@@ -309,6 +330,11 @@ class DaemonCollector(Collector):
             yield _counter(f"raopd_{name}", doc, value)
         for name, key, doc in _AUDIO_COUNTERS:
             value = totals.audio[key] + sum(getattr(s.audio_stats, key) for s in live)
+            yield _counter(f"raopd_{name}", doc, value)
+        for name, key, doc in _CLOCK_COUNTERS:
+            value = totals.clock[key] + sum(
+                getattr(c, key) for c in (s.clock_stats for s in live) if c is not None
+            )
             yield _counter(f"raopd_{name}", doc, value)
         undecodable = CounterMetricFamily(
             "raopd_packets_undecodable",
@@ -432,6 +458,16 @@ class DaemonCollector(Collector):
                 "raopd_drift_ppm", "Sender clock rate versus ours, ppm", stats.source_drift_ppm
             )
         yield _gauge("raopd_playout_queue_frames", "Frames queued for playout", stats.queue_frames)
+        yield _gauge(
+            "raopd_dac_drift_ppm",
+            "DAC clock against the sender's timeline as the corrections imply (+ = DAC slow)",
+            stats.drift_ppm,
+        )
+        yield _gauge(
+            "raopd_sync_tolerance_seconds",
+            "Tolerance band in use: the setting, or wider for a noisy delay reading",
+            stats.band_ms / 1e3,
+        )
         for name, value, doc in (
             ("playout_frames_played", stats.frames_played, "Frames played by timed playout"),
             ("playout_frames_inserted", stats.frames_inserted, "Frames inserted (drift)"),

@@ -180,3 +180,24 @@ def test_output_metrics(output):
     values = scrape(state)
     assert values["raopd_drift_ppm"] == 12.5 and values["raopd_sync_error_seconds"] == -0.0015
     assert values[f'raopd_build_info{{version="{__version__}"}}'] == 1
+
+
+async def test_clock_counters_are_scraped_and_folded():
+    from raopd.core.clock import ClockSync
+
+    state = make_state()
+    session = make_session()
+    assert session.clock_stats is None  # no stream announced: nothing to count yet
+    session._clock = ClockSync()
+    session._clock.stats.rejected = 2
+    session._clock.stats.syncs_late = 5
+    state.server = make_server([session])
+    live = scrape(state)
+    assert live["raopd_timing_rejected_total"] == 2
+    assert live["raopd_sync_packets_late_total"] == 5
+    state.totals.observe(session, SessionEnded("teardown"))
+    state.server = make_server([])
+    folded = scrape(state)
+    assert folded["raopd_timing_rejected_total"] == 2
+    assert folded["raopd_sync_packets_late_total"] == 5
+    assert folded["raopd_clock_steps_total"] == 0
