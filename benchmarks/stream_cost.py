@@ -17,7 +17,12 @@ prints one JSON object:
 
 Targets: at most 1.0 s CPU per audio minute and 64 MB peak RSS.
 
-    python benchmarks/stream_cost.py [--seconds 60] [--speed 1.0]
+    python benchmarks/stream_cost.py [--seconds 60] [--speed 1.0] [--codec alac-verbatim]
+        [--receiver-root CHECKOUT]
+
+`--codec alac-verbatim-noend` sends verbatim frames as PipeWire and PulseAudio do (no END
+element); `--receiver-root` measures another checkout's raopd (e.g. an export of main) with
+the same sender, for a before/after on the same machine.
 
 The same stream can be measured against another receiver that is already running, for a
 ratio taken on the same machine at the same time (absolute CPU times here vary by +-15 %
@@ -40,7 +45,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raopd.tools.sender import RaopSender, SenderOptions, load_wav  # noqa: E402
+from raopd.tools.sender import (  # noqa: E402
+    CODECS,
+    CodecName,
+    RaopSender,
+    SenderOptions,
+    load_wav,
+)
 from tests.e2e.daemon import DEVICE_ID, Daemon, read_wav  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -72,12 +83,14 @@ def test_audio(seconds: float) -> np.ndarray:
     return looped(load_wav(ROOT / "tests" / "captures" / "test30.wav"), int(seconds * 44100))
 
 
-def sender_for(host: str, port: int, speed: float, hw_addr: bytes | None) -> RaopSender:
+def sender_for(
+    host: str, port: int, speed: float, hw_addr: bytes | None, codec: CodecName = "alac"
+) -> RaopSender:
     return RaopSender(
         host,
         port,
         SenderOptions(
-            codec="alac", encrypt=True, speed=speed, hw_addr=hw_addr, verify=hw_addr is not None
+            codec=codec, encrypt=True, speed=speed, hw_addr=hw_addr, verify=hw_addr is not None
         ),
     )
 
@@ -119,21 +132,24 @@ def contains(out: np.ndarray, source: np.ndarray) -> bool:
     return start >= 0 and np.array_equal(out[start : start + len(source)], source)
 
 
-async def run(seconds: float, speed: float) -> dict[str, object]:
-    """raopd, started here with --output to a WAV file."""
+async def run(
+    seconds: float, speed: float, codec: CodecName = "alac", root: Path = ROOT
+) -> dict[str, object]:
+    """raopd (of the checkout `root`), started here with --output to a WAV file."""
     source = test_audio(seconds)
     with tempfile.TemporaryDirectory(prefix="raopd-bench-") as tmp:
-        daemon = Daemon(Path(tmp), [])
+        daemon = Daemon(Path(tmp), [], root)
         await daemon.start()
         assert daemon.process is not None
-        sender = sender_for("127.0.0.1", daemon.port, speed, bytes.fromhex(DEVICE_ID))
+        sender = sender_for("127.0.0.1", daemon.port, speed, bytes.fromhex(DEVICE_ID), codec)
         try:
             result = await measure(sender, daemon.process.pid, source)
         finally:
             code = await daemon.stop()
         out = read_wav(daemon.output)
     return {
-        "receiver": "raopd",
+        "receiver": "raopd" if root == ROOT else f"raopd ({root})",
+        "codec": codec,
         **result,
         "speed": speed,
         "bit_exact": bool(out.shape == source.shape and np.array_equal(out, source)),
@@ -163,6 +179,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument(
+        "--codec",
+        choices=CODECS,
+        default="alac",
+        help="what the sender sends: compressed ALAC (default), verbatim ALAC frames with "
+        "END, verbatim frames without END as PipeWire and PulseAudio send them, or L16",
+    )
+    parser.add_argument(
+        "--receiver-root",
+        type=Path,
+        default=ROOT,
+        help="a checkout whose raopd to measure (default: this one), for before/after",
+    )
+    parser.add_argument(
         "--against", metavar="HOST:PORT", help="measure this running receiver instead of raopd"
     )
     parser.add_argument("--pid", type=int, help="its process id (with --against)")
@@ -177,7 +206,7 @@ def main() -> None:
             run_against(args.against, args.pid, args.raw_output, args.seconds, args.speed)
         )
     else:
-        line = asyncio.run(run(args.seconds, args.speed))
+        line = asyncio.run(run(args.seconds, args.speed, args.codec, args.receiver_root))
     print(json.dumps(line))
 
 

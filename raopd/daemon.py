@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
+import socket
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -40,7 +42,7 @@ from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
 from raopd.core.sessionlog import clip
 from raopd.core.volume import volume_to_gain
-from raopd.errors import OutputError
+from raopd.errors import ConfigError, OutputError
 from raopd.media import crypto
 from raopd.net.device_id import load_or_create_device_id
 from raopd.net.http import HttpServer
@@ -54,6 +56,7 @@ from raopd.output.statistics import format_statistics, not_as_sent
 logger = logging.getLogger(__name__)
 
 OUTPUT_STOP_TIMEOUT = 1.0  # seconds; shutdown must finish within 2 s in all
+READINESS_POLL = 0.5  # seconds between readiness checks for the "ready"/"not ready" log line
 
 
 @dataclass(slots=True)
@@ -87,8 +90,14 @@ def open_sink(config: Config) -> AudioSink:
     except OutputError as exc:
         if config.device != "default":
             # A USB DAC that is unplugged, or not enumerated yet at boot: keep running, report
-            # not ready on /readyz, and let the output thread retry it every second.
-            logger.error("%s; retrying every %.0f s", exc, alsa.retry_interval)
+            # not ready on /readyz, and let the output thread retry it with backoff.
+            logger.error(
+                "%s; retrying after %.0f s, then less often, down to every %.0f s",
+                exc,
+                alsa.retry_interval,
+                alsa.retry_max,
+            )
+            alsa.note_failure(str(exc))
             return alsa
         logger.warning(
             "no sound card found: playing to ALSA's null device (audio is discarded); "
@@ -265,6 +274,51 @@ async def log_statistics(state: DaemonState, interval: float) -> None:
             logger.info("statistics: %s", statistics_line(state))
 
 
+def check_interfaces(setting: str) -> list[str] | None:
+    """The interfaces to advertise on (None: all); a name that names no interface is an error.
+
+    An address is accepted whether or not the host has it yet: that is the readiness check's
+    business (it can appear later, from DHCP), but a mistyped interface name never will.
+    """
+    names = [i.strip() for i in setting.split(",") if i.strip()]
+    known = [name for _, name in socket.if_nameindex()]
+    for name in names:
+        try:
+            ipaddress.ip_address(name.split("%", 1)[0])
+            continue
+        except ValueError:
+            pass
+        if name not in known:
+            raise ConfigError(
+                f"interface: no network interface named {name!r} on this host "
+                f"(there are: {', '.join(known)})"
+            )
+    return names or None
+
+
+async def log_readiness(state: DaemonState, interval: float = READINESS_POLL) -> None:
+    """Log "raopd ready" when /readyz would answer 200, "raopd not ready: why" when it would
+    not, once per change (the readiness check is cheap: a few attribute reads)."""
+    last: str | None = None
+    while True:
+        ready, missing = metrics.readiness(state)
+        now = "" if ready else "; ".join(missing)
+        if now != last:
+            if ready:
+                mdns = state.mdns
+                logger.info(
+                    "raopd ready: %s on port %d, %s (device id %s)",
+                    mdns.service_name if mdns else state.receiver.name,
+                    state.config.port,
+                    ", ".join(mdns.addresses) if mdns else "",
+                    state.receiver.device_id,
+                )
+            else:
+                logger.warning("raopd not ready: %s", now)
+            last = now
+        await asyncio.sleep(interval)
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -287,6 +341,7 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         # it is a clean shutdown (goodbye over mDNS, a complete WAV) for the service manager
         # to restart with the new configuration, rather than death by the default action.
         loop.add_signal_handler(signal.SIGHUP, _hangup, shutdown)
+    interfaces = check_interfaces(config.interface)
     hw_addr = load_or_create_device_id(config.state_dir, config.device_id)
     receiver = ReceiverInfo(name=config.name, hw_addr=hw_addr, password=config.password)
     state = DaemonState(config=config, receiver=receiver)
@@ -355,12 +410,12 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         stack.push_async_callback(server.close)
         state.server = server
 
-        interfaces = [i.strip() for i in config.interface.split(",") if i.strip()] or None
         mdns = MdnsAdvertiser(receiver, config.port, interfaces=interfaces)
         await mdns.start()
         stack.push_async_callback(mdns.close)
         state.mdns = mdns
-        logger.info("raopd ready: %s (device id %s)", mdns.service_name, receiver.device_id)
+        watch = asyncio.create_task(log_readiness(state), name="readiness-log")
+        stack.push_async_callback(_cancel, watch)
 
         await shutdown.wait()
         logger.info("shutting down")

@@ -544,7 +544,12 @@ class RaopSession:
         headers = self._common_headers(request)
         if not self._authorised and not self._check_auth(request, now):
             headers.append(("WWW-Authenticate", digest.challenge(REALM, self._nonce)))
-            return RtspResponse(401, headers)
+            # No credentials is the first half of every Digest handshake; credentials that
+            # fail are a wrong password (or a replayed nonce): the reason phrase says which.
+            reason = None
+            if request.headers.get("Authorization") is not None:
+                reason = f"Unauthorized ({_auth_failure(request, self._nonce)})"
+            return RtspResponse(401, headers, reason=reason)
         if self._signature is not None:
             headers.append(("Apple-Response", self._signature))
         self._note_sender(request)
@@ -603,8 +608,8 @@ class RaopSession:
             self.throttle.auth_succeeded(self.peer_ip)
             return True
         self.stats.auth_failures += 1
-        delay = self.throttle.auth_failed(self.peer_ip, now)
-        self.log.warn_limited(now, "wrong password; next attempt in %.1f s", delay)
+        self.throttle.auth_failed(self.peer_ip, now)
+        AUTH_FAILURES.failed(self.peer_ip, request.method, _auth_failure(request, self._nonce), now)
         return False
 
     def _note_sender(self, request: RtspRequest) -> None:
@@ -730,6 +735,8 @@ class RaopSession:
         seq, rtptime = _rtp_info(request)
         if self._audio is not None:
             self._audio.flush()
+        if self._clock is not None:
+            self._clock.flushed()  # the sender may resume on a new RTP timeline
         if rtptime is not None:
             self._start_at(seq, rtptime)
         self._events.append(Flushed(rtptime))
@@ -935,6 +942,44 @@ def _transport_options(value: str) -> dict[str, str]:
         if sep:
             options[key.strip().lower()] = val.strip()
     return options
+
+
+AUTH_LOG_INTERVAL = 60.0  # seconds: at most one line per peer, with the failures in between
+
+
+class AuthFailureLog:
+    """Failed authentications at INFO: peer, method, why; one line per peer per interval."""
+
+    def __init__(self, interval: float = AUTH_LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._peers: dict[str, tuple[float, int]] = {}  # peer -> (last logged, failures since)
+
+    def failed(self, peer: str, method: str, why: str, now: float) -> None:
+        last = self._peers.get(peer)
+        if last is not None and 0 <= now - last[0] < self.interval:
+            self._peers[peer] = (last[0], last[1] + 1)
+            return
+        if len(self._peers) >= 1024:  # bounded however many peers try
+            self._peers.clear()
+        self._peers[peer] = (now, 0)
+        more = f"; {last[1]} more failures since the last line" if last and last[1] else ""
+        logger.info("authentication failed from %s: %s, %s%s", peer, method, why, more)
+
+
+AUTH_FAILURES = AuthFailureLog()
+
+
+def _auth_failure(request: RtspRequest, nonce: str) -> str:
+    """Why credentials that were given did not authenticate (the 401's reason phrase)."""
+    value = request.headers.get("Authorization") or ""
+    if not value.lower().startswith("digest "):
+        return "not Digest credentials"
+    fields = digest.parse_fields(value)
+    if fields.get("nonce") != nonce:
+        return "stale nonce"
+    if fields.get("uri", request.uri) != request.uri or fields.get("realm", REALM) != REALM:
+        return "answer for another URI or realm"
+    return "wrong password"
 
 
 def normalise_ip(ip: str) -> str:

@@ -80,18 +80,22 @@ class AlacEncoder:
         return bytes(packets[0])
 
 
-def verbatim_alac_frame(pcm: npt.ArrayLike, frames_per_packet: int = 352) -> bytes:
+def verbatim_alac_frame(
+    pcm: npt.ArrayLike, frames_per_packet: int = 352, *, pipewire_style: bool = False
+) -> bytes:
     """An uncompressed ("escape") ALAC frame holding `pcm` (int16, (frames, 1 or 2)).
 
     The sample count is written (has-size) only when it differs from `frames_per_packet`,
-    as senders do: a full stereo packet is 1412 bytes, a sized one 1416.
+    as senders do: a full stereo packet is 1412 bytes, a sized one 1416. `pipewire_style`
+    makes the frames PipeWire 0.3 and PulseAudio 16 send: always sized, and without the END
+    element (1415 bytes), which FFmpeg refuses and raopd decodes.
     """
     array = np.asarray(pcm)
     if array.ndim != 2 or array.shape[1] not in _ELEMENT_TYPE:
         raise ValueError(f"expected int16 PCM of shape (frames, 1 or 2), got {array.shape}")
     array = _check_pcm(array, array.shape[1], 1 << 32)
     frames, channels = array.shape
-    has_size = frames != frames_per_packet
+    has_size = pipewire_style or frames != frames_per_packet
     # Frame header, MSB first: element type (3), instance tag (4), unused (12),
     # has-size (1), bytes shifted (2), escape (1) = 23 bits.
     bits = (_ELEMENT_TYPE[channels] << 20) | (int(has_size) << 3) | 1
@@ -102,7 +106,8 @@ def verbatim_alac_frame(pcm: npt.ArrayLike, frames_per_packet: int = 352) -> byt
     samples = np.ascontiguousarray(array, dtype=">i2").tobytes()
     bits = (bits << (8 * len(samples))) | int.from_bytes(samples, "big")
     width += 8 * len(samples)
-    bits = (bits << 3) | _ID_END
-    width += 3
+    if not pipewire_style:
+        bits = (bits << 3) | _ID_END
+        width += 3
     pad = -width % 8
     return (bits << pad).to_bytes((width + pad) // 8, "big")

@@ -81,7 +81,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CodecName = Literal["alac", "alac-verbatim", "l16"]
+# alac-verbatim-noend: verbatim frames as PipeWire and PulseAudio send them (no END element).
+CodecName = Literal["alac", "alac-verbatim", "alac-verbatim-noend", "l16"]
 CODECS: tuple[str, ...] = get_args(CodecName)
 
 RATE = 44100
@@ -355,10 +356,12 @@ class PayloadEncoder:
         """One payload for up to 352 frames."""
         if self.codec == "alac":
             return self._alac.encode(pcm)
-        if self.codec == "alac-verbatim":
+        if self.codec in ("alac-verbatim", "alac-verbatim-noend"):
             from raopd.media.alac_encode import verbatim_alac_frame
 
-            return verbatim_alac_frame(pcm, FRAMES_PER_PACKET)
+            return verbatim_alac_frame(
+                pcm, FRAMES_PER_PACKET, pipewire_style=self.codec == "alac-verbatim-noend"
+            )
         return np.ascontiguousarray(pcm, dtype=">i2").tobytes()
 
 
@@ -683,7 +686,9 @@ class RaopSender:
             self._auth = (fields.get("realm", ""), fields["nonce"])
             reply = await self._exchange(method, uri, headers, body)
         if reply.status != 200:
-            hint = " (password needed)" if reply.status == 401 else ""
+            hint = ""
+            if reply.status == 401 and self.options.password is None:
+                hint = " (password needed)"
             raise SenderError(f"{method} refused: {reply.status} {reply.reason}{hint}")
         return reply
 

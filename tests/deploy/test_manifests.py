@@ -343,3 +343,12 @@ def test_image_is_the_one_make_image_builds(rendered):
     assert list(images(resources)) == [expected]
     # imported with ctr, never pulled: Always would fail without a registry.
     assert container(resources)["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_image_is_one_setting_both_variants_share():
+    """README's one edit (k8s/image/kustomization.yaml) moves both variants to another image."""
+    files = sorted((REPO / "k8s").rglob("kustomization.yaml"))
+    with_images = [f.relative_to(REPO).as_posix() for f in files if "\nimages:" in f.read_text()]
+    assert with_images == ["k8s/image/kustomization.yaml"]
+    for variant in ("k8s/kustomization.yaml", "k8s/daemonset/kustomization.yaml"):
+        assert "image" in yaml.safe_load((REPO / variant).read_text())["components"][0]

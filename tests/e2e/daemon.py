@@ -59,8 +59,18 @@ def udp_drops(ports: Iterable[int]) -> int:
 class Daemon:
     """One raopd process writing to `output`."""
 
-    def __init__(self, workdir: Path, extra: list[str], root: Path = ROOT) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        extra: list[str],
+        root: Path = ROOT,
+        *,
+        env: dict[str, str] | None = None,
+        to_file: bool = True,
+    ) -> None:
         self.root = root  # the checkout whose raopd runs (benchmarks compare two)
+        self.env = env or {}  # added to the environment (e.g. ALSA_CONFIG_PATH)
+        self.to_file = to_file  # False: play to the ALSA device given in `extra`
         self.workdir = workdir
         self.output = workdir / "out.wav"
         self.port = free_tcp_port()
@@ -74,12 +84,12 @@ class Daemon:
         env["RAOPD_UDP_PORT_BASE"] = str(random.randrange(20000, 60000))
         env["RAOPD_UDP_PORT_RANGE"] = "60"
         env.pop("RAOPD_CONFIG", None)
+        env.update(self.env)
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "raopd",
-            "--output",
-            str(self.output),
+            *(["--output", str(self.output)] if self.to_file else []),
             "--port",
             str(self.port),
             "--address",
