@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from raopd.replay import load_capture, run_replay
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's raopd, whatever is installed
 
-CAPTURES = Path(__file__).resolve().parent.parent / "tests" / "captures"
+from raopd.replay import load_capture, run_replay  # noqa: E402
+
+CAPTURES = ROOT / "tests" / "captures"
 
 
 def measure(capture: Path, runs: int) -> dict[str, object]:

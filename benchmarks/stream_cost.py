@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from raopd.tools.sender import (  # noqa: E402
     CODECS,
+    DEFAULT_LATENCY_FRAMES,
     CodecName,
     RaopSender,
     SenderOptions,
@@ -84,13 +85,23 @@ def test_audio(seconds: float) -> np.ndarray:
 
 
 def sender_for(
-    host: str, port: int, speed: float, hw_addr: bytes | None, codec: CodecName = "alac"
+    host: str,
+    port: int,
+    speed: float,
+    hw_addr: bytes | None,
+    codec: CodecName = "alac",
+    latency_frames: int = DEFAULT_LATENCY_FRAMES,
 ) -> RaopSender:
     return RaopSender(
         host,
         port,
         SenderOptions(
-            codec=codec, encrypt=True, speed=speed, hw_addr=hw_addr, verify=hw_addr is not None
+            codec=codec,
+            encrypt=True,
+            speed=speed,
+            hw_addr=hw_addr,
+            verify=hw_addr is not None,
+            latency_frames=latency_frames,
         ),
     )
 
@@ -133,7 +144,11 @@ def contains(out: np.ndarray, source: np.ndarray) -> bool:
 
 
 async def run(
-    seconds: float, speed: float, codec: CodecName = "alac", root: Path = ROOT
+    seconds: float,
+    speed: float,
+    codec: CodecName = "alac",
+    root: Path = ROOT,
+    latency_frames: int = DEFAULT_LATENCY_FRAMES,
 ) -> dict[str, object]:
     """raopd (of the checkout `root`), started here with --output to a WAV file."""
     source = test_audio(seconds)
@@ -141,7 +156,9 @@ async def run(
         daemon = Daemon(Path(tmp), [], root)
         await daemon.start()
         assert daemon.process is not None
-        sender = sender_for("127.0.0.1", daemon.port, speed, bytes.fromhex(DEVICE_ID), codec)
+        sender = sender_for(
+            "127.0.0.1", daemon.port, speed, bytes.fromhex(DEVICE_ID), codec, latency_frames
+        )
         try:
             result = await measure(sender, daemon.process.pid, source)
         finally:
@@ -150,6 +167,7 @@ async def run(
     return {
         "receiver": "raopd" if root == ROOT else f"raopd ({root})",
         "codec": codec,
+        "sync_latency_frames": latency_frames,
         **result,
         "speed": speed,
         "bit_exact": bool(out.shape == source.shape and np.array_equal(out, source)),
@@ -186,6 +204,12 @@ def main() -> None:
         "END, verbatim frames without END as PipeWire and PulseAudio send them, or L16",
     )
     parser.add_argument(
+        "--latency-frames",
+        type=int,
+        default=DEFAULT_LATENCY_FRAMES,
+        help="the latency in the sender's sync packets (0: PipeWire's 250 ms in all)",
+    )
+    parser.add_argument(
         "--receiver-root",
         type=Path,
         default=ROOT,
@@ -206,7 +230,9 @@ def main() -> None:
             run_against(args.against, args.pid, args.raw_output, args.seconds, args.speed)
         )
     else:
-        line = asyncio.run(run(args.seconds, args.speed, args.codec, args.receiver_root))
+        line = asyncio.run(
+            run(args.seconds, args.speed, args.codec, args.receiver_root, args.latency_frames)
+        )
     print(json.dumps(line))
 
 

@@ -262,6 +262,7 @@ def statistics_line(state: DaemonState) -> str:
         session.audio_stats,
         session.jitter_stats,
         session.estimate,
+        session=session.stats,
         replaced_in_interval=count - before,
     )
 

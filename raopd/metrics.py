@@ -382,6 +382,11 @@ class DaemonCollector(Collector):
             "raopd_output_frames", "Frames written to the audio output", snap.frames_written
         )
         yield _counter(
+            "raopd_output_rejected_frames",
+            "Frames dropped by the output for a shape or sample type it cannot play",
+            output.rejected_frames,
+        )
+        yield _counter(
             "raopd_output_underruns",
             "ALSA underruns (the device ran dry)",
             snap.sink.underruns if snap.sink is not None else 0,

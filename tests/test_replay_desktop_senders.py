@@ -1,69 +1,74 @@
-"""`raopd replay` of real PipeWire 0.3.65 and PulseAudio 16.1 sessions (tests/captures).
+"""The recorded PipeWire and PulseAudio sessions (tests/captures/README.md) replay to exactly
+the audio their sender put on the wire, decoded independently by tests/e2e/wire_audio.py.
 
-Both send verbatim ALAC frames without the END element, which FFmpeg refuses: before the
-native decoder raopd wrote zero frames from them and said nothing. Each replay must give
-exactly the audio the sender put on the wire, decoded independently of raopd by
-tests/e2e/wire_audio.py, with nothing counted undecodable; PulseAudio's PCM mode (all-zero
-ALAC frames) must give silence of the stream's length, counted and reported.
+The live versions of these sessions run in tests/e2e/test_desktop_senders.py (root and
+namespaces); these need neither, so they also guard the decoder on every plain test run.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from raopd.replay import load_capture, run_replay
+from raopd.replay import replay
 from tests.e2e.wire_audio import wire_audio
+from tests.test_replay import CAPTURES, read_frames, trim_silence
 
-CAPTURES = Path(__file__).parent / "captures"
-PLAYING = [
-    "pipewire-alac-plain",
-    "pipewire-alac-rsa",
-    "pipewire-auth-setup",
-    "pipewire-alac-48k",
-    "pulseaudio-alac-plain",
-    "pulseaudio-alac-rsa",
-]
+CLIP_START = 5 * 44100  # the clip every one of these sessions streamed: test30.wav 5 s..11 s
+CLIP_FRAMES = 6 * 44100
 
-
-def read_wav(path: Path) -> np.ndarray:
-    import wave
-
-    with wave.open(str(path), "rb") as wav:
-        data = wav.readframes(wav.getnframes())
-    return np.frombuffer(data, "<i2").astype(np.int16).reshape(-1, 2)
+# capture -> (frames PipeWire dropped before RECORD was answered, frames sent of the clip)
+SOURCE_SESSIONS = {
+    "pipewire-alac-plain": (0, 264192),
+    "pipewire-alac-rsa": (0, 264192),
+    "pipewire-auth-setup": (1760, 262432),
+    "pulseaudio-alac-plain": (0, CLIP_FRAMES),
+    "pulseaudio-alac-rsa": (0, CLIP_FRAMES),
+}
 
 
-@pytest.mark.parametrize("name", PLAYING)
-def test_replay_gives_exactly_the_wire_audio(name: str, tmp_path: Path) -> None:
-    capture = CAPTURES / f"{name}.pcap"
-    wire = wire_audio(capture)
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    return read_frames(CAPTURES / "test30.wav")[CLIP_START : CLIP_START + CLIP_FRAMES]
+
+
+@pytest.mark.parametrize("name", [*SOURCE_SESSIONS, "pipewire-alac-48k"])
+def test_replay_is_the_wire_audio(name: str, tmp_path: Path):
+    out = tmp_path / "out.wav"
+    summary = replay(CAPTURES / f"{name}.pcap", out)
+    wire = wire_audio(CAPTURES / f"{name}.pcap")
     assert wire.undecodable == 0 and wire.zero_payloads == 0
-    out = tmp_path / "out.wav"
-    summary = run_replay(load_capture(capture), out)
-    assert sum(summary.undecodable.values()) == 0, summary.render()
-    assert summary.lost == 0 and summary.silent_frames == 0, summary.render()
-    assert summary.frames_out == len(wire.frames)
-    assert np.array_equal(read_wav(out), wire.frames)
-    assert "undecodable    0 packets" in summary.render()
+    assert summary.audio_packets == wire.packets
+    assert summary.undecodable == {} or not any(summary.undecodable.values())
+    assert summary.lost == 0 and summary.bad_datagrams == 0
+    replayed = trim_silence(read_frames(out))
+    sent = trim_silence(wire.frames)
+    assert replayed.shape == sent.shape
+    assert np.array_equal(replayed, sent)
 
 
-def test_pulseaudio_pcm_mode_is_silence_of_the_streams_length_and_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    capture = CAPTURES / "pulseaudio-pcm-zeros.pcap"
-    wire = wire_audio(capture)
-    assert wire.zero_payloads == wire.packets == 752
-    caplog.set_level(logging.WARNING)
-    out = tmp_path / "out.wav"
-    summary = run_replay(load_capture(capture), out)
-    assert summary.undecodable == {"all-zero": 752}
-    assert summary.frames_out == summary.silent_frames == 752 * wire.frames_per_packet
-    audio = read_wav(out)
-    assert len(audio) == 752 * wire.frames_per_packet and not audio.any()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings and all("all-zero" in w for w in warnings if "undecodable" in w)
-    assert "752 packets (752 all-zero), played as silence" in summary.render()
+@pytest.mark.parametrize("name", SOURCE_SESSIONS)
+def test_wire_audio_is_the_source_clip(name: str, clip: np.ndarray):
+    """What the capture holds: the clip bit for bit, not a decoder's guess at it."""
+    start, length = SOURCE_SESSIONS[name]
+    sent = trim_silence(wire_audio(CAPTURES / f"{name}.pcap").frames)
+    assert np.array_equal(sent, clip[start : start + length])
+
+
+def test_pulseaudio_pcm_zeros_replay_as_silence_of_their_length(tmp_path: Path):
+    out = tmp_path / "out.raw"
+    summary = replay(CAPTURES / "pulseaudio-pcm-zeros.pcap", out)
+    frames = read_frames(out)
+    assert summary.audio_packets == 752
+    assert sum(summary.undecodable.values()) == 752
+    assert len(frames) == 752 * 352 and not frames.any()
+    assert "undecodable" in summary.render()
+
+
+@pytest.mark.parametrize("name", ["pipewire-tcp", "pulseaudio-tcp"])
+def test_tcp_transport_sessions_have_no_audio(name: str):
+    summary = replay(CAPTURES / f"{name}.pcap", None)
+    assert summary.audio_packets == 0 and summary.frames_out == 0
+    assert any(request.startswith("SETUP") for request in summary.requests)

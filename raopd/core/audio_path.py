@@ -50,6 +50,11 @@ MAX_AHEAD = 10.0
 """Seconds ahead of its due time beyond which audio is dropped (a sender far ahead of real
 time): the playout would otherwise queue it without bound."""
 
+# What the operator can do about a reason, where we know.
+_HINTS = {
+    "all-zero": "; PulseAudio's RAOP sink sends these in its PCM mode: set codec=ALAC",
+}
+
 WARN_INTERVAL = 10.0
 """Seconds between two warnings about undecodable packets from one stream."""
 
@@ -85,11 +90,14 @@ class AudioPath:
         cipher: PacketCipher | None = None,
         jitter: JitterSettings | None = None,
         label: str = "",
+        max_ahead: float | None = MAX_AHEAD,
     ) -> None:
         self.decoder = decoder
         self.cipher = cipher
         self.frames_per_packet = frames_per_packet
         self.label = label  # "[session N] sender" for log lines
+        # None: never pace (a file output writes as fast as audio comes, nothing queues).
+        self.max_ahead = max_ahead
         self.stats = AudioStats()
         self.jitter: JitterBuffer[AudioPacket] = JitterBuffer(jitter)
         self.estimate: ClockEstimate | None = None
@@ -168,6 +176,12 @@ class AudioPath:
         """Timer work that is not a release: the rate-limited warning."""
         self._warn(now)
 
+    def close(self, now: float) -> None:
+        """The stream ended: report what the rate limit held back, forget the keys."""
+        self._warn(now, force=True)
+        self.cipher = None
+        self.flush()
+
     # -------------------------------------------------------------- internals
 
     def _take(self) -> list[AudioReady]:
@@ -178,8 +192,12 @@ class AudioPath:
         if isinstance(item, Lost):
             self._fill_pending = True  # the next packet's timestamp says how much is missing
             return
-        estimate = self.estimate
-        if estimate is not None and estimate.local_time(item.rtptime) - now > MAX_AHEAD:
+        estimate, max_ahead = self.estimate, self.max_ahead
+        if (
+            estimate is not None
+            and max_ahead is not None
+            and estimate.local_time(item.rtptime) - now > max_ahead
+        ):
             # Far ahead of real time: drop rather than queue without bound. The timeline
             # is not filled: the sender will get there, and what plays next is its audio.
             self.stats.paced_packets += 1
@@ -220,13 +238,15 @@ class AudioPath:
         count = sum(self._unwarned.values())
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self._unwarned.items()))
         since = "" if self._warned_at is None else f" in the last {now - self._warned_at:.0f} s"
+        hint = "".join(_HINTS[reason] for reason in sorted(self._unwarned) if reason in _HINTS)
         logger.warning(
-            "%s sent %d undecodable audio packet%s%s (%s), played as silence",
+            "%s sent %d undecodable audio packet%s%s (%s), played as silence%s",
             self.label,
             count,
             "" if count == 1 else "s",
             since,
             reasons,
+            hint,
         )
         self._unwarned.clear()
         self._warned_at = now

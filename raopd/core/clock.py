@@ -104,12 +104,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from raopd.core.audio_format import FIXED_LATENCY_FRAMES, SAMPLE_RATE
 from raopd.core.ntp import NTP_EPOCH_OFFSET, ns_to_ntp, ntp_to_ns
 from raopd.core.packets import SyncPacket, TimingPacket
 from raopd.core.seq import rtp_add, rtp_diff
-
-FIXED_LATENCY_FRAMES = 11025
-"""Frames every Apple sender expects on top of the sync packet's latency (protocol.md §6.2)."""
 
 DRIFT_PRIOR = 100e-6
 """Spread of real clock drift (crystals): the prior the drift fit is shrunk towards 0 with."""
@@ -584,7 +582,7 @@ class ClockSync:
 
     def __init__(
         self,
-        rate: int = 44100,
+        rate: int = SAMPLE_RATE,
         *,
         min_latency_frames: int | None = None,
         max_latency_frames: int | None = None,

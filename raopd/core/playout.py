@@ -64,6 +64,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from raopd.core.audio_format import OUTPUT_CHANNELS, SAMPLE_RATE
 from raopd.core.clock import ClockEstimate
 from raopd.core.seq import rtp_add, rtp_diff
 from raopd.media.pcm import Pcm, StuffMethod, apply_gain, silence, stuff
@@ -73,8 +74,8 @@ from raopd.media.pcm import Pcm, StuffMethod, apply_gain, silence, stuff
 class PlayoutSettings:
     """Tuning of the playout; the defaults are the ones the benchmarks were run with."""
 
-    rate: int = 44100
-    channels: int = 2
+    rate: int = SAMPLE_RATE
+    channels: int = OUTPUT_CHANNELS
     timed: bool = True
     hw_latency: float = 0.0
     """Seconds from the DAC's FIFO output to the air (converter, amplifier, HDMI...)."""

@@ -20,9 +20,9 @@ import binascii
 import enum
 from dataclasses import dataclass, fields, replace
 
+from raopd.core.audio_format import FRAMES_PER_PACKET, OUTPUT_CHANNELS, SAMPLE_RATE
 from raopd.errors import ProtocolError
 
-SUPPORTED_SAMPLE_RATE = 44100
 SUPPORTED_BITS = 16
 MAX_FRAME_LENGTH = 8192
 AES_IV_BYTES = 16
@@ -39,7 +39,7 @@ class Codec(enum.Enum):
 class AlacConfig:
     """The 11 ALAC fmtp fields (Apple's ALACSpecificConfig), in wire order."""
 
-    frame_length: int = 352
+    frame_length: int = FRAMES_PER_PACKET
     compatible_version: int = 0
     bit_depth: int = 16
     pb: int = 40
@@ -49,7 +49,7 @@ class AlacConfig:
     max_run: int = 255
     max_frame_bytes: int = 0
     avg_bit_rate: int = 0
-    sample_rate: int = 44100
+    sample_rate: int = SAMPLE_RATE
 
 
 _TYPICAL_ALAC = AlacConfig()
@@ -75,9 +75,9 @@ class StreamParams:
     """Everything the session needs from ANNOUNCE to set up decoding and playout."""
 
     codec: Codec
-    frames_per_packet: int = 352
-    sample_rate: int = 44100
-    channels: int = 2
+    frames_per_packet: int = FRAMES_PER_PACKET
+    sample_rate: int = SAMPLE_RATE
+    channels: int = OUTPUT_CHANNELS
     bits: int = 16
     alac: AlacConfig | None = None
     rsaaeskey: bytes | None = None
@@ -123,7 +123,7 @@ def _parse_alac_fmtp(params: list[str]) -> AlacConfig:
         raise ProtocolError(f"ALAC bit depth {config.bit_depth} is not supported (only 16)", 456)
     if not 1 <= config.channels <= 2:
         raise ProtocolError(f"ALAC channel count {config.channels} is not supported (1 or 2)", 456)
-    if config.sample_rate != SUPPORTED_SAMPLE_RATE:
+    if config.sample_rate != SAMPLE_RATE:
         raise ProtocolError(
             f"sample rate {config.sample_rate} Hz is not supported (only 44100)", 456
         )
@@ -137,7 +137,7 @@ def _parse_l16(encoding: str) -> tuple[int, int]:
         raise ProtocolError(f"malformed L16 rtpmap {encoding[:60]!r}")
     rate = _int("L16 sample rate", parts[1])
     channels = _int("L16 channel count", parts[2]) if len(parts) == 3 else 1
-    if rate != SUPPORTED_SAMPLE_RATE:
+    if rate != SAMPLE_RATE:
         raise ProtocolError(f"sample rate {rate} Hz is not supported (only 44100)", 456)
     if not 1 <= channels <= 2:
         raise ProtocolError(f"L16 channel count {channels} is not supported (1 or 2)", 456)
@@ -200,7 +200,7 @@ def parse_sdp(body: bytes) -> StreamParams:
         alac = None
         codec = Codec.L16
         rate, channels = _parse_l16(encoding)
-        frames, bits = 352, 16
+        frames, bits = FRAMES_PER_PACKET, 16
     else:
         raise ProtocolError(f"unsupported codec {encoding[:60]!r}", 456)
 

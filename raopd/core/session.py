@@ -26,7 +26,7 @@ from enum import Enum
 from raopd.core import digest
 from raopd.core.arbiter import PlayArbiter
 from raopd.core.audio_format import FIXED_LATENCY_FRAMES
-from raopd.core.audio_path import AudioPath, AudioStats
+from raopd.core.audio_path import MAX_AHEAD, AudioPath, AudioStats
 from raopd.core.clock import ClockEstimate, ClockSync
 from raopd.core.dmap import parse_dmap
 from raopd.core.events import (
@@ -64,7 +64,6 @@ from raopd.media.decoder import make_decoder
 logger = logging.getLogger(__name__)
 
 SERVER_VERSION = "105.1"  # AirTunes version of the AirPort Express that senders know best
-AUDIO_LATENCY_FRAMES = FIXED_LATENCY_FRAMES  # what every AP1 receiver reports in RECORD
 PUBLIC_METHODS = (
     "ANNOUNCE, SETUP, RECORD, PAUSE, FLUSH, TEARDOWN, OPTIONS, GET_PARAMETER, SET_PARAMETER"
 )
@@ -453,8 +452,7 @@ class RaopSession:
         self.should_close = True
         self.arbiter.release(self)
         if self._audio is not None:
-            self._audio.cipher = None  # forget the keys
-            self._audio.flush()
+            self._audio.close(self._last_activity if now is None else now)
         self._pending = None
         self._hold_until = None
         self.signature_wanted = None
@@ -646,6 +644,8 @@ class RaopSession:
             frames_per_packet=params.frames_per_packet,
             cipher=cipher,
             jitter=self.settings.jitter,
+            # Only a device plays in real time; a file takes audio as fast as it comes.
+            max_ahead=MAX_AHEAD if self.settings.output_buffer_frames else None,
             label=f"[session {self.session_id}] {clip(self.user_agent or 'sender')} at "
             f"{self.peer_ip}",
         )
@@ -726,7 +726,8 @@ class RaopSession:
         if rtptime is not None:
             self._start_at(seq, rtptime)
         self._events.append(StreamStarted(self.params, rtptime, self.user_agent, self.client_name))
-        headers.append(("Audio-Latency", str(AUDIO_LATENCY_FRAMES)))
+        # What every AP1 receiver reports (protocol.md §6.2).
+        headers.append(("Audio-Latency", str(FIXED_LATENCY_FRAMES)))
         return RtspResponse(200, headers)
 
     def _flush(

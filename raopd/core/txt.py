@@ -8,6 +8,7 @@ AirPlay 1 sender accepts.
 from __future__ import annotations
 
 from raopd import __version__
+from raopd.core.audio_format import SAMPLE_RATE
 
 SERVICE_TYPE = "_raop._tcp.local."
 MAX_LABEL_BYTES = 63  # one DNS label
@@ -53,7 +54,7 @@ def txt_record(password: bool, version: str = __version__, model: str = MODEL) -
         "ek": "1",
         "da": "true",
         "sv": "false",
-        "sr": "44100",
+        "sr": str(SAMPLE_RATE),
         "ss": "16",
         "pw": "true" if password else "false",
         "vn": "65537",  # iOS 9+ hides receivers without it

@@ -94,6 +94,33 @@ def _samples(data: bytes, position: int, count: int) -> Pcm:
     return np.frombuffer(value.to_bytes(size, "big"), _BIG_INT16, count, 1).astype(np.int16)
 
 
+def _read_single_element(payload: bytes, channels: int, frame_length: int) -> Pcm | None:
+    """The usual frame (one verbatim element holding every channel) in one pass, else None.
+
+    None also for anything unusual: the general reader then decides, with its reasons.
+    """
+    size_bits = len(payload) * 8
+    if size_bits < 56:
+        return None
+    head = int.from_bytes(payload[:7], "big")  # the 23-bit header and a possible count
+    element = head >> 53
+    if not (head >> 33) & 1 or element != (_CPE if channels == 2 else _SCE) or channels > 2:
+        return None
+    if (head >> 36) & 1:  # has-size
+        count, position = (head >> 1) & 0xFFFFFFFF, _HEADER_BITS + _SIZE_BITS
+    else:
+        count, position = frame_length, _HEADER_BITS
+    end = position + count * channels * _SAMPLE_BITS
+    if not 0 < count <= frame_length or end > size_bits:
+        return None
+    rest = size_bits - end
+    if rest >= 3:
+        tail = _bits(payload, end, rest)
+        if tail and tail >> (rest - 3) != _END:
+            return None
+    return _samples(payload, position, count * channels).reshape(count, channels)
+
+
 def read_verbatim(payload: bytes, channels: int, frame_length: int) -> Pcm | None:
     """The int16 (frames, channels) PCM of a verbatim frame; None if an element is compressed.
 
@@ -101,6 +128,9 @@ def read_verbatim(payload: bytes, channels: int, frame_length: int) -> Pcm | Non
     frames per packet (fmtp), used when an element carries no sample count.
     """
     size_bits = len(payload) * 8
+    fast = _read_single_element(payload, channels, frame_length)
+    if fast is not None:
+        return fast
     offsets = _LAYOUT_OFFSETS[channels - 1]
     position = 0
     done = 0  # channels read so far

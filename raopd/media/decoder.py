@@ -161,7 +161,7 @@ class AlacDecoder:
             raise DecodeError(exc.fault, f"ALAC payload ({len(payload)} bytes): {exc}") from exc
         if pcm is None:
             pcm = self._decode_compressed(payload)
-        return _to_output_channels(pcm)
+        return pcm if self._channels == OUTPUT_CHANNELS else _to_output_channels(pcm)
 
     def _decode_compressed(self, payload: bytes) -> Pcm:
         try:

@@ -9,12 +9,14 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from raopd.core.audio_format import OUTPUT_CHANNELS
+
 Pcm = npt.NDArray[np.int16]
 
 StuffMethod = Literal["spread", "vernier"]
 
 
-def silence(frames: int, channels: int = 2) -> Pcm:
+def silence(frames: int, channels: int = OUTPUT_CHANNELS) -> Pcm:
     """`frames` frames of digital silence."""
     return np.zeros((frames, channels), dtype=np.int16)
 

@@ -170,6 +170,22 @@ class BatchedUdpChannel:
         if batch:
             self.connection.datagrams_received(self.channel, batch)
 
+    def drain_now(self) -> None:
+        """Hand over what is queued now, ahead of the batch timer.
+
+        Called before an RTSP request or the connection's end is handled: audio the sender
+        sent before its FLUSH or TEARDOWN belongs before it (PulseAudio FLUSHes right after
+        its last packet; handled first, the FLUSH discarded the batch still in the socket).
+        """
+        if self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        else:
+            self.loop.remove_reader(self.sock.fileno())
+        self._drain()  # re-arms the reader, or the timer if it found audio
+
     def sendto(self, data: bytes, addr: tuple[object, ...]) -> None:
         """Send one datagram from this socket (best effort, like a datagram transport)."""
         try:
@@ -237,6 +253,7 @@ class RtspConnection(asyncio.Protocol):
         if self.session is None:
             self._early.append(data)
             return
+        self._drain_audio()
         self._guarded(lambda s: s.receive_data(data, self.loop.time()))
 
     def eof_received(self) -> bool:
@@ -294,6 +311,12 @@ class RtspConnection(asyncio.Protocol):
         self._guarded(feed)
 
     # internals
+
+    def _drain_audio(self) -> None:
+        """Audio already received goes to the session before the RTSP input that follows it."""
+        audio = self.channels.get(Channel.AUDIO)
+        if isinstance(audio, BatchedUdpChannel):
+            audio.drain_now()
 
     async def _open(self) -> None:
         """Bind the UDP channels, make the session, then feed it what already arrived."""
@@ -482,6 +505,9 @@ class RtspConnection(asyncio.Protocol):
         """The one way a connection ends: session, events, timer, UDP ports, transport."""
         if self._closed:
             return
+        # Audio the sender sent before it went belongs before the end (while still open:
+        # a closed connection takes no input).
+        self._drain_audio()
         self._closed = True
         session = self.session
         if session is not None:

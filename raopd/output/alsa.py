@@ -52,12 +52,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from raopd.core.audio_format import OUTPUT_CHANNELS as CHANNELS
+from raopd.core.audio_format import SAMPLE_RATE as RATE
 from raopd.errors import OutputError
 
 logger = logging.getLogger(__name__)
 
-RATE = 44100
-CHANNELS = 2
 FRAME_BYTES = 4  # S16_LE stereo
 
 # snd_pcm_state_t values (alsaaudio exports the same numbers as PCM_STATE_*).

@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 IDLE_POLL = 0.5  # seconds between liveness ticks while nothing plays
 ERROR_LOG_INTERVAL = 10.0  # seconds between logged tracebacks of a repeating failure
-CHANNELS = 2  # what every sink takes (sinks.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +131,8 @@ class OutputThread:
         self.period_frames = period_frames
         self.heartbeat = 0.0  # monotonic time of the thread's last loop: /healthz reads it
         self.frames_written = 0
+        self.rejected_frames = 0
+        self._channels = self.playout.settings.channels
         self._clock = clock
         self._queue: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="raopd-output", daemon=True)
@@ -143,7 +144,6 @@ class OutputThread:
         self._interval_min: int | None = None
         self._interval_exact = True
         self.errors = 0
-        self.rejected_frames = 0
         self._error_logged_at = float("-inf")
         # How full to keep the device buffer and how much to write at a time: from the
         # stream's latency (core/latency.py). None: full, a period at a time (2 s senders).
@@ -309,9 +309,11 @@ class OutputThread:
     def _apply(self, command: Command) -> None:
         if isinstance(command, Push):
             pcm = command.pcm
-            if pcm.ndim != 2 or pcm.shape[1] != CHANNELS or pcm.dtype != np.int16:
+            if pcm.dtype != np.int16 or pcm.ndim != 2 or pcm.shape[1] != self._channels:
+                # The decoders never make such a block; if one ever comes, it is counted
+                # and dropped here rather than raised from numpy in the middle of playout.
                 self.rejected_frames += len(pcm)
-                logger.debug("dropped a block of shape %s, %s", pcm.shape, pcm.dtype)
+                logger.error("dropped a block of audio shaped %s %s", pcm.shape, pcm.dtype)
                 return
             self.playout.push(command.rtptime, pcm)
             self._playing = True

@@ -20,15 +20,14 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from raopd.core.audio_format import OUTPUT_CHANNELS as CHANNELS
+from raopd.core.audio_format import SAMPLE_RATE as RATE
 from raopd.errors import OutputError
 from raopd.output.alsa import AlsaSink
 
 __all__ = ["AlsaSink", "AudioSink", "FileSink"]
 
 logger = logging.getLogger(__name__)
-
-RATE = 44100
-CHANNELS = 2
 
 
 class AudioSink(Protocol):

@@ -5,16 +5,17 @@ counters (any may be missing) and returns one line, e.g.
 
     Sync Error ms: +0.04, Net Sync PPM: +12.0, All Sync PPM: +9.8, Source Drift PPM: +21.3,
     Packets: 1200, Missing: 2, Late: 0, Resend Reqs: 2, Resent: 2, Lost: 0, Undecodable: 0,
-    Dropped: 0, Min DAC Queue: 2914, Underruns: 0, Underflows: 0, Resyncs: 0, Gain dB: 0.0,
-    Bit-exact: yes
+    Dropped: 0, Flushed: 0, Refused: 0, Min DAC Queue: 2914, Underruns: 0, Underflows: 0,
+    Resyncs: 0, Gain dB: 0.0, Bit-exact: yes
 
 Meanings: Sync Error = median lateness of the frame being written (+ = late); Net Sync PPM =
 the correction being applied now (+ = dropping frames); All Sync PPM = net frames dropped
 minus inserted per million played since the stream began; Source Drift PPM = sender clock versus
 local clock; Packets/Missing/Late/Resend Reqs = the jitter buffer's counters; Lost = packets never
 repaired and Undecodable = packets that could not be decoded, both played as silence of their
-length; Dropped = packets discarded otherwise (late, stray, far ahead of real time; what a
-sender's FLUSH discards is counted in /metrics, not here); Min DAC Queue = the smallest ALSA
+length; Dropped = packets discarded otherwise (late, stray, far ahead of real time); Flushed =
+packets a sender's FLUSH (or the stream's end) discarded; Refused = datagrams not from the
+sender or not parseable; Min DAC Queue = the smallest ALSA
 queue (frames) since the previous line; Underruns = DAC xruns and device losses; Underflows =
 times audio was due but had not arrived; Bit-exact = every block since the previous line
 carried the sender's samples untouched and no packet was replaced or dropped in that time.
@@ -27,6 +28,7 @@ import math
 from raopd.core.audio_path import AudioStats
 from raopd.core.clock import ClockEstimate
 from raopd.core.jitter import JitterStats
+from raopd.core.session import SessionStats
 from raopd.output.player import OutputSnapshot
 
 
@@ -40,6 +42,7 @@ def format_statistics(
     jitter: JitterStats | None = None,
     estimate: ClockEstimate | None = None,
     *,
+    session: SessionStats | None = None,
     replaced_in_interval: int = 0,
 ) -> str:
     """One statistics line; fields whose source is missing read `n/a`.
@@ -72,6 +75,9 @@ def format_statistics(
     if audio is not None and jitter is not None:
         dropped = jitter.late + jitter.stray + audio.paced_packets
         fields.append(("Dropped", str(dropped)))
+        fields.append(("Flushed", str(jitter.flushed + audio.flushed_packets)))
+    if session is not None:
+        fields.append(("Refused", str(session.foreign_datagrams + session.bad_datagrams)))
     if output is not None:
         queue = output.interval_min_dac_queue
         fields.append(("Min DAC Queue", "n/a" if queue is None else str(queue)))

@@ -51,6 +51,9 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from raopd import __version__
 from raopd.core import digest
+from raopd.core.audio_format import FIXED_LATENCY_FRAMES, FRAMES_PER_PACKET
+from raopd.core.audio_format import OUTPUT_CHANNELS as CHANNELS
+from raopd.core.audio_format import SAMPLE_RATE as RATE
 from raopd.core.ntp import NTP_EPOCH_OFFSET, seconds_to_ntp
 from raopd.core.packets import (
     AudioPacket,
@@ -85,12 +88,8 @@ logger = logging.getLogger(__name__)
 CodecName = Literal["alac", "alac-verbatim", "alac-verbatim-noend", "l16"]
 CODECS: tuple[str, ...] = get_args(CodecName)
 
-RATE = 44100
-CHANNELS = 2
-FRAMES_PER_PACKET = 352
 DEFAULT_LATENCY_FRAMES = 77175  # what iOS puts in its sync packets (protocol notes §5.2.1)
 ALAC_FMTP = "352 0 16 40 10 14 2 255 0 0 44100"
-MIN_LATENCY_FRAMES = 11025
 SYNC_FLAGS = 7
 CHALLENGE_BYTES = 16
 HW_ADDR_BYTES = 6
@@ -127,6 +126,9 @@ class SenderOptions:
     reorder: float = 0.0  # probability of swapping a packet with the next one
     duplicate: float = 0.0  # probability of sending a packet twice
     seed: int = 0
+    # (first packet index, count): those payloads are all 0xFF bytes (before encryption),
+    # which no decoder accepts: a receiver must play them as silence of their length.
+    garbage: tuple[int, int] | None = None
     first_seq: int | None = None  # None: random
     first_rtptime: int | None = None  # None: random
     user_agent: str = f"raopd-sender/{__version__}"
@@ -284,7 +286,7 @@ def make_sdp(
     if aes_key_wrapped is not None and aes_iv is not None:
         lines.append("a=rsaaeskey:" + base64.b64encode(aes_key_wrapped).decode().rstrip("="))
         lines.append("a=aesiv:" + base64.b64encode(aes_iv).decode().rstrip("="))
-    lines.append(f"a=min-latency:{MIN_LATENCY_FRAMES}")
+    lines.append(f"a=min-latency:{FIXED_LATENCY_FRAMES}")
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
@@ -589,6 +591,7 @@ class RaopSender:
         report.duplicated = [self._seq(i) for i in sorted(plan.duplicated)]
         report.reordered = [self._seq(i) for i in sorted(plan.reordered)]
         encoder = PayloadEncoder(options.codec)
+        garbage = options.garbage
 
         def packet(index: int) -> AudioPacket:
             # The backlog doubles as the cache of built packets (duplicates and swaps
@@ -598,6 +601,8 @@ class RaopSender:
             rtptime = (report.first_rtptime + start) & 0xFFFFFFFF
             if made is None or made.rtptime != rtptime:
                 payload = encoder.encode(array[start : start + FRAMES_PER_PACKET])
+                if garbage is not None and garbage[0] <= index < garbage[0] + garbage[1]:
+                    payload = b"\xff" * len(payload)
                 if self._cipher is not None:
                     payload = self._cipher.encrypt(payload)
                 made = AudioPacket(

@@ -182,3 +182,30 @@ def test_sender_far_ahead_of_real_time_is_paced_by_dropping_with_a_counter():
     assert played == pytest.approx(due_within * FRAMES, abs=FRAMES)
     assert path.stats.paced_packets == 2000 - played // FRAMES
     assert path.stats.paced_packets > 0
+
+
+def test_without_a_device_nothing_is_paced():
+    """A file output takes audio as fast as it comes: a fast sender loses nothing there."""
+    path = AudioPath(
+        make_decoder(StreamParams(codec=Codec.ALAC)), frames_per_packet=FRAMES, max_ahead=None
+    )
+    path.estimate = ClockEstimate(
+        anchor_rtp=0,
+        anchor_local=0.0,
+        reference=0.0,
+        drift=0.0,
+        rate=44100,
+        latency_frames=88200,
+        offset_ns=0,
+        samples=1,
+        filter="envelope",
+    )
+    pcm = music(2000)
+    path.start_at(0, 0)
+    events = []
+    for i in range(2000):
+        payload = verbatim_alac_frame(pcm[i * FRAMES : (i + 1) * FRAMES])
+        path.receive(AudioPacket(i, i * FRAMES, 1, payload), 0.0)
+        events += path.release(0.0)
+    assert np.array_equal(joined(events), pcm)
+    assert path.stats.paced_packets == 0

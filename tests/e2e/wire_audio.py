@@ -61,6 +61,8 @@ def read_capture(path: Path) -> Capture:
     offset = 24
     while offset + 16 <= len(data):
         incl = struct.unpack_from("<I", data, offset + 8)[0]
+        if offset + 16 + incl > len(data):
+            break  # tcpdump is still writing this record
         frame = data[offset + 16 : offset + 16 + incl]
         offset += 16 + incl
         if linktype == _LINK_ETHERNET:
@@ -112,45 +114,72 @@ class WireAudio:
     undecodable: int  # packets that are not verbatim stereo 16-bit ALAC
     first_rtptime: int
     frames_per_packet: int
-    requests: list[str]  # the RTSP request lines the sender sent, in order
+    requests: list[str]  # "METHOD uri -> status" for each RTSP request the sender sent
+    parameters: list[str]  # the text/parameters bodies it sent (volume, progress)
 
     @property
     def encrypted(self) -> bool:
         return "a=rsaaeskey:" in self.announce
 
 
-def rtsp_requests(capture: Capture, server_port: int) -> tuple[list[str], str]:
-    """The request lines a sender sent to `server_port` and the last ANNOUNCE body.
+@dataclass
+class RtspMessage:
+    """One RTSP request or response: its first line, headers (names lower-cased) and body."""
 
-    Walks each client->server byte stream request by request (head, then Content-Length
-    bytes of body), so a binary body such as POST /auth-setup's is skipped, not searched.
+    first_line: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def status(self) -> int:
+        return int(self.first_line.split(" ")[1])
+
+
+def rtsp_messages(stream: bytes) -> list[RtspMessage]:
+    """Split one direction of an RTSP connection into messages (head, Content-Length body)."""
+    messages = []
+    data = bytes(stream)
+    while b"\r\n\r\n" in data:
+        head, data = data.split(b"\r\n\r\n", 1)
+        first, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        messages.append(RtspMessage(first, headers, data[:length]))
+        data = data[length:]
+    return messages
+
+
+def rtsp_exchange(capture: Capture, server_port: int) -> list[tuple[RtspMessage, int | None]]:
+    """Every request a sender sent to `server_port`, with the status it got (None: none).
+
+    Walks each byte stream message by message, so a binary body such as POST /auth-setup's
+    is skipped, not searched; replies are matched by CSeq on the same connection.
     """
-    lines: list[str] = []
-    announce = ""
-    for (_, dst), stream in capture.tcp.items():
-        if dst[1] != server_port:
+    exchange: list[tuple[RtspMessage, int | None]] = []
+    for (client, server), stream in capture.tcp.items():
+        if server[1] != server_port:
             continue
-        data = bytes(stream)
-        while b"\r\n\r\n" in data:
-            head, data = data.split(b"\r\n\r\n", 1)
-            first, *headers = head.decode("latin-1").split("\r\n")
-            length = 0
-            for header in headers:
-                name, _, value = header.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            body, data = data[:length], data[length:]
-            lines.append(first)
-            if first.startswith("ANNOUNCE "):
-                announce = body.decode("latin-1")
-    return lines, announce
+        replies = {
+            reply.headers.get("cseq"): reply.status
+            for reply in rtsp_messages(capture.tcp.get((server, client), bytearray()))
+        }
+        for request in rtsp_messages(stream):
+            exchange.append((request, replies.get(request.headers.get("cseq"))))
+    return exchange
 
 
 def wire_audio(path: Path, server_port: int = 5000) -> WireAudio:
     """Decode the audio one sender streamed in the capture at `path`."""
     capture = read_capture(path)
-    requests, announce = rtsp_requests(capture, server_port)
-    assert announce, f"no ANNOUNCE to port {server_port} in {path}"
+    exchange = rtsp_exchange(capture, server_port)
+    announces = [
+        r.body.decode("latin-1") for r, _ in exchange if r.first_line.startswith("ANNOUNCE")
+    ]
+    assert announces, f"no ANNOUNCE to port {server_port} in {path}"
+    announce = announces[-1]
     fmtp = re.search(r"a=fmtp:\d+ (\d+)", announce)
     assert fmtp, announce
     frames_per_packet = int(fmtp.group(1))
@@ -190,7 +219,15 @@ def wire_audio(path: Path, server_port: int = 5000) -> WireAudio:
         undecodable=undecodable,
         first_rtptime=rtptimes[order[0]],
         frames_per_packet=frames_per_packet,
-        requests=requests,
+        parameters=[
+            request.body.decode("latin-1").strip()
+            for request, _ in exchange
+            if request.headers.get("content-type") == "text/parameters"
+        ],
+        requests=[
+            f"{request.first_line.split(' ')[0]} {request.first_line.split(' ')[1]} -> {status}"
+            for request, status in exchange
+        ],
     )
 
 

@@ -102,14 +102,9 @@ frame_shapes = st.fixed_dictionaries(
 def test_native_matches_ffmpeg_with_and_without_end(shape, data):
     channels, frame_length = shape["channels"], shape["frame_length"]
     frames = data.draw(st.integers(1, frame_length)) if shape["sized"] else frame_length
-    pcm = np.array(
-        data.draw(
-            st.lists(
-                st.integers(-32768, 32767), min_size=frames * channels, max_size=frames * channels
-            )
-        ),
-        np.int16,
-    ).reshape(frames, channels)
+    size = frames * channels * 2
+    raw = data.draw(st.binary(min_size=size, max_size=size))
+    pcm = np.frombuffer(raw, "<i2").astype(np.int16).reshape(frames, channels)
     kwargs = {
         "pair": shape["pair"],
         "has_size": shape["sized"],

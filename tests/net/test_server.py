@@ -7,11 +7,18 @@ ordering (the peer hangs up before the ports are bound) that a real socket canno
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 
 from raopd.core.arbiter import PlayArbiter
-from raopd.core.session import ReceiverInfo, SessionSettings
-from raopd.net.server import AUDIO_BATCH_DELAY, RtspConnection, RtspServer, ServerSettings
+from raopd.core.session import Channel, ReceiverInfo, SessionSettings
+from raopd.net.server import (
+    AUDIO_BATCH_DELAY,
+    BatchedUdpChannel,
+    RtspConnection,
+    RtspServer,
+    ServerSettings,
+)
 
 
 class FakeTransport(asyncio.Transport):
@@ -117,3 +124,26 @@ async def test_connections_accepted_together_do_not_starve_each_other():
 def test_sessions_know_audio_is_read_in_batches():
     """The repair window of every session accounts for the audio socket's batch delay."""
     assert make_server().session_settings.input_delay == AUDIO_BATCH_DELAY
+
+
+async def test_audio_already_received_goes_before_the_rtsp_request_that_follows_it():
+    """A FLUSH right after the last packet (PulseAudio) must not overtake that packet while
+    it waits in the socket for the next batch: the batch is handed over first."""
+    server = make_server(free_port_run(3), 3)
+    connection = RtspConnection(server)
+    connection.connection_made(FakeTransport())
+    await settle(server)
+    session = connection.session
+    assert session is not None
+    handed: list[int] = []
+    connection.datagrams_received = lambda channel, batch: handed.append(len(batch))  # type: ignore[method-assign]
+    audio = connection.channels[Channel.AUDIO]
+    assert isinstance(audio, BatchedUdpChannel)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(2):
+            sender.sendto(b"\x80\x60" + bytes(10), ("127.0.0.1", session.ports.audio))
+    for _ in range(2):  # both queued in the kernel; the loop has not run the reader
+        assert select.select([audio.sock], [], [], 5.0)[0]
+    connection.data_received(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+    assert handed == [2]
+    connection.shutdown()

@@ -9,6 +9,7 @@ import pytest
 from raopd.core.audio_path import AudioStats
 from raopd.core.jitter import JitterStats
 from raopd.core.playout import PlayoutStats
+from raopd.core.session import SessionStats
 from raopd.core.volume import MUTE
 from raopd.errors import OutputError
 from raopd.output.alsa import AlsaCounters
@@ -129,7 +130,9 @@ def snapshot(**overrides) -> OutputSnapshot:
 def test_statistics_line_uses_shairport_sync_names() -> None:
     jitter = JitterStats(received=1200, late=3, missing=7, resend_requests=5, lost=2)
     audio = AudioStats(resent_packets=6, undecodable=4, paced_packets=1)
-    line = format_statistics(snapshot(), audio, jitter)
+    line = format_statistics(
+        snapshot(), audio, jitter, session=SessionStats(foreign_datagrams=2, bad_datagrams=1)
+    )
     for part in (
         "Sync Error ms: +0.25",
         "Net Sync PPM: -12.0",
@@ -143,6 +146,8 @@ def test_statistics_line_uses_shairport_sync_names() -> None:
         "Lost: 2",
         "Undecodable: 4",
         "Dropped: 4",
+        "Flushed: 0",
+        "Refused: 3",
         "Min DAC Queue: 2914",
         "Underruns: 4",
         "Underflows: 1",
