@@ -264,14 +264,16 @@ class Config:
     idle_timeout: float = _setting(
         10.0,
         "float",
-        "seconds a connection that is not playing may go without a complete request",
+        "time a connection that is not playing may go without a complete request",
         _float_range(1.0, 3600.0, " s"),
+        unit="s",
     )
     max_connections_per_address: int = _setting(
         4,
         "int",
         "RTSP connections one address may hold (a new one closes its oldest idle one)",
         _int_range(1, 32),
+        metavar="N",
     )
     resend: bool = _setting(True, "bool", "ask senders to resend lost packets")
     # timing

@@ -982,8 +982,11 @@ def _auth_failure(request: RtspRequest, nonce: str) -> str:
     value = request.headers.get("Authorization") or ""
     if not value.lower().startswith("digest "):
         return "not Digest credentials"
-    if digest.parse_fields(value).get("nonce") != nonce:
+    fields = digest.parse_fields(value)
+    if fields.get("nonce") != nonce:
         return "stale nonce"
+    if fields.get("uri", request.uri) != request.uri or fields.get("realm", REALM) != REALM:
+        return "answer for another URI or realm"
     return "wrong password"
 
 

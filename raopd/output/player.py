@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 IDLE_POLL = 0.5  # seconds between liveness ticks while nothing plays
 ERROR_LOG_INTERVAL = 10.0  # seconds between logged tracebacks of a repeating failure
-CHANNELS = 2  # what every sink takes (sinks.py)
 
 
 @dataclass(frozen=True, slots=True)
