@@ -71,11 +71,21 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("--latency-offset", "latency_offset", "SECONDS"),
     ("--session-timeout", "session_timeout", "SECONDS"),
     ("--log-level", "log_level", "LEVEL"),
+    # the house: metadata, MQTT, hooks (every other such key: config file or RAOPD_<KEY>)
+    ("--metadata-pipe", "metadata_pipe", "FIFO"),
+    ("--mqtt-host", "mqtt_host", "HOST"),
+    ("--mqtt-port", "mqtt_port", "PORT"),
+    ("--mqtt-topic", "mqtt_topic", "TOPIC"),
+    ("--active-state-timeout", "active_state_timeout", "SECONDS"),
+    ("--run-before-play-begins", "run_before_play_begins", "COMMAND"),
+    ("--run-after-play-ends", "run_after_play_ends", "COMMAND"),
 ]
 _SWITCHES: list[tuple[str, str]] = [
     ("--allow-interruption", "allow_session_interruption"),
     ("--resend", "resend"),
     ("--statistics", "statistics"),
+    ("--mqtt-remote", "mqtt_remote"),
+    ("--hook-wait-for-completion", "hook_wait_for_completion"),
 ]
 
 

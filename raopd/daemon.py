@@ -29,7 +29,6 @@ from raopd.core.events import (
     ClockUpdated,
     Event,
     Flushed,
-    MetadataReceived,
     SessionEnded,
     StreamStarted,
     VolumeChanged,
@@ -38,8 +37,11 @@ from raopd.core.jitter import JitterSettings
 from raopd.core.playout import PlayoutSettings
 from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
-from raopd.core.volume import volume_to_gain
+from raopd.core.volume import airplay_to_db, volume_to_gain
 from raopd.errors import OutputError
+from raopd.house.house import House, start_log, start_metadata_pipe
+from raopd.house.sps import VolumeRange
+from raopd.house.state import SyncFigures
 from raopd.net.device_id import load_or_create_device_id
 from raopd.net.http import HttpServer
 from raopd.net.mdns import MdnsAdvertiser
@@ -68,6 +70,7 @@ class DaemonState:
     counters: dict[str, int] = field(default_factory=dict)
     totals: metrics.SessionTotals = field(default_factory=metrics.SessionTotals)
     http: HttpServer | None = None
+    house: House | None = None
 
 
 def open_sink(config: Config) -> AudioSink:
@@ -125,6 +128,9 @@ class EventRouter:
         self._audio_end = 0
         self._estimate: ClockEstimate | None = None
         self._flush_scheduled = False
+        # The player state and its consumers (pipe, MQTT, hooks, log) get every other event.
+        self.house: House | None = None
+        self._flushed = False  # the house hears once when audio resumes after a flush
 
     def __call__(self, session: RaopSession, event: Event) -> None:
         output = self.output
@@ -136,6 +142,10 @@ class EventRouter:
             self._audio.append(event.pcm)
             self._audio_end = rtp_add(event.rtptime, len(event.pcm))
             self._schedule_submit()
+            if self._flushed:
+                self._flushed = False
+                if self.house is not None:
+                    self.house.audio_resumed()
             return
         if isinstance(event, ClockUpdated):
             self._estimate = event.estimate
@@ -143,27 +153,17 @@ class EventRouter:
         self._submit_pending()  # everything else keeps its order relative to the audio
         if isinstance(event, Flushed):
             output.submit(Flush(event.until_rtptime))
+            self._flushed = True
         elif isinstance(event, VolumeChanged):
             self.set_volume(event.volume)
         elif isinstance(event, StreamStarted):
             self.state.sessions_started += 1
             self.state.playing = session
-            logger.info(
-                "[session %d] playing %s%s from %s (%s)",
-                session.session_id,
-                event.params.codec.name,
-                ", encrypted" if event.params.encrypted else "",
-                event.client_name or session.peer_ip,
-                event.user_agent or "unknown sender",
-            )
-        elif isinstance(event, MetadataReceived):
-            md = event.metadata
-            text = " - ".join(x for x in (md.title, md.artist, md.album) if x)
-            if text:
-                logger.info("[session %d] now playing: %s", session.session_id, text)
         elif isinstance(event, SessionEnded) and self.state.playing is session:
             self.state.playing = None
             output.submit(EndStream())
+        if self.house is not None:
+            self.house.session_event(session, event)
 
     def _schedule_submit(self) -> None:
         if not self._flush_scheduled:
@@ -187,6 +187,19 @@ class EventRouter:
             self.mixer.set_volume(volume)
         elif self.apply_volume:
             self.output.submit(SetGain(self._gain(volume)))
+
+    def volume_db(self, volume: float) -> float:
+        """The attenuation in dB this volume gets (hardware or software)."""
+        if self.mixer is not None:
+            return self.mixer.target_db(volume)
+        config = self.state.config
+        return airplay_to_db(
+            volume,
+            config.volume_curve,  # type: ignore[arg-type]
+            range_db=config.volume_range_db or 60.0,
+            max_volume_db=config.volume_max_db or 0.0,
+            ignore_volume=config.ignore_volume,
+        )
 
     def _gain(self, volume: float) -> float:
         config = self.state.config
@@ -251,6 +264,43 @@ async def log_statistics(state: DaemonState, interval: float) -> None:
             logger.info("statistics: %s", statistics_line(state))
 
 
+def sync_figures(output: OutputThread) -> SyncFigures:
+    """The output's sync figures now (read without a lock: plain numbers, a moment old)."""
+    stats = output.playout.stats
+    return SyncFigures(
+        sync_error_ms=stats.sync_error_ms,
+        correction_ppm=stats.correction_ppm,
+        drift_ppm=stats.source_drift_ppm,
+        frames_inserted=stats.frames_inserted,
+        frames_dropped=stats.frames_dropped,
+        underruns=int(getattr(output.sink, "underruns", 0)),
+        bit_exact=stats.bit_exact,
+    )
+
+
+async def start_house(
+    house: House, config: Config, stack: AsyncExitStack, router: EventRouter
+) -> None:
+    """The house's consumers as configured; closed (after the sessions end) with the stack."""
+    start_log(house)
+    await start_metadata_pipe(
+        house,
+        stack,
+        pipe_path=config.metadata_pipe,
+        timeout=config.metadata_pipe_timeout,
+        socket_address=config.metadata_socket_address,
+        socket_port=config.metadata_socket_port,
+        msglength=config.metadata_socket_msglength,
+        cover_art=config.metadata_cover_art,
+        volume_range=VolumeRange(
+            lowest_db=router.volume_db(-30.0),
+            highest_db=router.volume_db(0.0),
+            ignored=config.ignore_volume,
+        ),
+    )
+    stack.push_async_callback(house.close)
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -296,6 +346,15 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         if config.statistics:
             stats_task = asyncio.create_task(log_statistics(state, config.statistics_interval))
             stack.push_async_callback(_cancel, stats_task)
+
+        house = House(
+            db_of=router.volume_db,
+            active_state_timeout=config.active_state_timeout,
+            sync_figures=lambda: sync_figures(output),
+        )
+        await start_house(house, config, stack, router)
+        router.house = house
+        state.house = house
 
         server = RtspServer(
             receiver=receiver,

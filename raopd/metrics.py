@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from raopd import __version__
-from raopd.core.events import Event, SessionEnded, VolumeChanged
+from raopd.core.events import Event, SessionEnded
 from raopd.core.session import RaopSession, State
 from raopd.net.http import Response, Route
 
@@ -67,16 +67,14 @@ class SessionTotals:
     ended: Counter[str] = field(default_factory=Counter)  # by END_REASON_LABELS
     session: Counter[str] = field(default_factory=Counter)  # SessionStats fields
     jitter: Counter[str] = field(default_factory=Counter)  # JitterStats fields
-    volume: float | None = None  # the last AirPlay volume a sender set
     # AirPlay volume -> the linear gain the output applies (None: volume is not applied).
     gain_of: Callable[[float], float] | None = None
     _folded: weakref.WeakSet[RaopSession] = field(default_factory=weakref.WeakSet)
 
     def observe(self, session: RaopSession, event: Event) -> None:
         """Account for one session event (called before the daemon's own router)."""
-        if isinstance(event, VolumeChanged):
-            self.volume = event.volume
-        elif isinstance(event, SessionEnded) and session not in self._folded:
+        # Every connection's end, played or not; the player state (raopd.house) has the rest.
+        if isinstance(event, SessionEnded) and session not in self._folded:
             self._folded.add(session)
             self.ended[END_REASONS.get(event.reason, "other")] += 1
             self.session.update(asdict(session.stats))
@@ -259,7 +257,8 @@ class DaemonCollector(Collector):
             server.busy_seconds if server is not None else 0.0,
         )
 
-        volume = totals.volume if totals.volume is not None else state.config.default_volume
+        player_volume = state.house.fanout.state.volume if state.house is not None else None
+        volume = player_volume.airplay if player_volume is not None else state.config.default_volume
         yield _gauge("raopd_volume", "AirPlay volume: -30 (quietest) to 0, -144 = mute", volume)
         yield _gauge(
             "raopd_volume_gain",
