@@ -65,6 +65,10 @@ class Subscription:
             await self._ready.wait()
         return self._queue.popleft()
 
+    def get_nowait(self) -> Change | None:
+        """The next change if one is queued, else None."""
+        return self._queue.popleft() if self._queue else None
+
     def pending(self) -> int:
         """Changes queued, not yet taken."""
         return len(self._queue)

@@ -4,7 +4,7 @@
 figures, idle/playing/paused, active). `PlayerTracker.apply(session, event, now)` is the only
 code that looks at session events for the house: it returns the `Change`s they make, each
 carrying the new snapshot, so a consumer never reads a half-updated state and a new event is
-added here once. Only the session that holds the play arbiter (or the one playing) changes the
+added here once. Only a session the play arbiter let play (ANNOUNCE accepted) changes the
 state: a second sender that was refused with 453 cannot rename the track.
 
 Audio events (`AudioReady`, `ClockUpdated`) stay on the daemon's audio path; the daemon tells
@@ -259,9 +259,12 @@ def clean_text(value: str | None) -> str | None:
     return text or None
 
 
-def _holds_play(session: SessionView) -> bool:
+def _was_granted_play(session: SessionView) -> bool:
+    # A session gets its stream parameters only when the arbiter let it play (ANNOUNCE);
+    # one refused with 453 never has them. Asking the arbiter instead would lose the events
+    # of a session that ended in the same read as they arrived (it has released it by then).
     owner: object = session.arbiter.owner
-    return owner is session
+    return owner is session or session.params is not None
 
 
 class PlayerTracker:
@@ -283,7 +286,7 @@ class PlayerTracker:
         """The changes `event` from `session` makes (often none)."""
         changes: list[Change] = []
         if session is not self._session:
-            if isinstance(event, SessionEnded) or not _holds_play(session):
+            if isinstance(event, SessionEnded) or not _was_granted_play(session):
                 self.counters.foreign_events += 1
                 return changes
             changes.append(self._take_over(session, now))
