@@ -39,7 +39,9 @@ from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
 from raopd.core.volume import airplay_to_db, volume_to_gain
 from raopd.errors import OutputError
+from raopd.house.dacp import DacpRemote
 from raopd.house.house import House, start_log, start_metadata_pipe
+from raopd.house.mqtt import MqttClient, MqttSettings
 from raopd.house.sps import VolumeRange
 from raopd.house.state import SyncFigures
 from raopd.net.device_id import load_or_create_device_id
@@ -279,10 +281,15 @@ def sync_figures(output: OutputThread) -> SyncFigures:
 
 
 async def start_house(
-    house: House, config: Config, stack: AsyncExitStack, router: EventRouter
+    house: House, config: Config, stack: AsyncExitStack, router: EventRouter, device_id: str
 ) -> None:
     """The house's consumers as configured; closed (after the sessions end) with the stack."""
     start_log(house)
+    volume_range = VolumeRange(
+        lowest_db=router.volume_db(-30.0),
+        highest_db=router.volume_db(0.0),
+        ignored=config.ignore_volume,
+    )
     await start_metadata_pipe(
         house,
         stack,
@@ -292,12 +299,36 @@ async def start_house(
         socket_port=config.metadata_socket_port,
         msglength=config.metadata_socket_msglength,
         cover_art=config.metadata_cover_art,
-        volume_range=VolumeRange(
-            lowest_db=router.volume_db(-30.0),
-            highest_db=router.volume_db(0.0),
-            ignored=config.ignore_volume,
-        ),
+        volume_range=volume_range,
     )
+    if config.mqtt_host is not None:
+        mqtt = MqttClient(
+            MqttSettings(
+                host=config.mqtt_host,
+                port=config.mqtt_port,
+                username=config.mqtt_username,
+                password=config.mqtt_password,
+                topic=config.mqtt_topic or config.name,
+                publish_parsed=config.mqtt_publish_parsed,
+                publish_raw=config.mqtt_publish_raw,
+                publish_cover=config.mqtt_publish_cover,
+                retain=config.mqtt_publish_retain,
+                empty_payload=config.mqtt_empty_payload,
+                remote=config.mqtt_remote,
+                discovery=config.mqtt_discovery,
+                discovery_prefix=config.mqtt_discovery_prefix,
+                device_id=device_id,
+                device_name=config.name,
+                cover_art=config.metadata_cover_art,
+                volume_range=volume_range,
+            ),
+            lambda: house.fanout.state,
+            house.remote,
+        )
+        mqtt.start()
+        stack.push_async_callback(mqtt.close)
+        house.add_consumer("mqtt", mqtt)
+        house.mqtt = mqtt
     stack.push_async_callback(house.close)
 
 
@@ -352,7 +383,14 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             active_state_timeout=config.active_state_timeout,
             sync_figures=lambda: sync_figures(output),
         )
-        await start_house(house, config, stack, router)
+        remote = DacpRemote(
+            lambda: state.mdns.zeroconf if state.mdns is not None else None,
+            lambda: house.fanout.state,
+            house.stop,
+        )
+        house.remote = remote
+        stack.push_async_callback(remote.close)
+        await start_house(house, config, stack, router, receiver.device_id)
         router.house = house
         state.house = house
 

@@ -18,9 +18,11 @@ from pathlib import Path
 
 from raopd.core.events import Event
 from raopd.house import fanout as fanout_module
+from raopd.house.dacp import DacpRemote
 from raopd.house.fanout import Fanout, Subscription
 from raopd.house.log import LogConsumer
 from raopd.house.metadata_pipe import FifoWriter, MetadataPipeConsumer, UdpMetadataSender
+from raopd.house.mqtt import MqttClient
 from raopd.house.sps import VolumeRange
 from raopd.house.state import (
     Change,
@@ -56,6 +58,9 @@ class House:
         self._active_timer: asyncio.TimerHandle | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Set by the daemon: remote control (DACP + stop) and the MQTT client, if configured.
+        self.remote: DacpRemote | None = None
+        self.mqtt: MqttClient | None = None
 
     @property
     def state(self) -> object:

@@ -7,14 +7,22 @@ every value is checked against what the sender sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import json
 import os
 import threading
 from pathlib import Path
 
+import aiomqtt
 import numpy as np
+import pytest
 
 from raopd.tools.sender import RaopSender, SenderOptions
 from tests.e2e.daemon import DEVICE_ID, Daemon, read_wav
+from tests.house.broker import Broker
+from tests.house.dacp_responder import DacpResponder
+from tests.house.nsloop import NsLoop
 from tests.house.sps_reader import PipeItem, parse_stream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,3 +148,243 @@ async def test_no_pipe_reader_never_blocks_the_stream(start_daemon, test30, tmp_
     await sender.close()
     assert await daemon.stop() == 0
     assert np.array_equal(read_wav(daemon.output), pcm)
+
+
+# ------------------------------------------------------------------------------------- MQTT
+
+
+class Subscriber:
+    """An MQTT client on the test's side: records every message, in arrival order."""
+
+    def __init__(self, port: int, topics: list[str]) -> None:
+        self.port = port
+        self.topics = topics
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.ready = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async with aiomqtt.Client("127.0.0.1", self.port, identifier="test-subscriber") as client:
+            self.client = client
+            for topic in self.topics:
+                await client.subscribe(topic)
+            self.ready.set()
+            async for message in client.messages:
+                payload = message.payload
+                data = payload if isinstance(payload, bytes) else str(payload).encode()
+                self.messages.append((str(message.topic), data, bool(message.retain)))
+
+    def last(self, topic: str) -> bytes | None:
+        found = [p for t, p, _ in self.messages if t == topic]
+        return found[-1] if found else None
+
+    def topics_seen(self) -> list[str]:
+        return [t for t, _, _ in self.messages]
+
+    async def publish(self, topic: str, payload: str) -> None:
+        await self.client.publish(topic, payload)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await self.task
+
+
+@pytest.fixture
+def broker(tmp_path):
+    running = Broker(tmp_path).start()
+    yield running
+    running.stop()
+
+
+def check_discovery(payload: dict[str, object], component: str) -> None:
+    """The discovery schema Home Assistant documents (and its MQTT integration enforces)."""
+    required = {
+        "sensor": ["state_topic"],
+        "binary_sensor": ["state_topic"],
+        "button": ["command_topic"],
+    }
+    for key in required.get(component, []):
+        assert isinstance(payload.get(key), str) and payload[key], (component, key)
+    if component == "image":  # exactly one of image_topic / url_topic
+        assert ("image_topic" in payload) != ("url_topic" in payload)
+    assert isinstance(payload["unique_id"], str) and payload["unique_id"]
+    device = payload["device"]
+    assert isinstance(device, dict)
+    assert device.get("identifiers") or device.get("connections")  # at least one identifier
+    assert isinstance(payload["availability_topic"], str)
+
+
+async def test_mqtt_topics_discovery_and_stop(start_daemon, test30, tmp_path, broker):
+    subscriber = Subscriber(broker.port, ["living/#", "homeassistant/#"])
+    await asyncio.wait_for(subscriber.ready.wait(), DEADLINE)
+    daemon: Daemon = await start_daemon(
+        "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port), "--mqtt-topic", "living",
+        "--mqtt-remote", "--active-state-timeout", "0.5",
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: subscriber.last("living/availability") == b"online", "online")
+        pcm = np.ascontiguousarray(test30[: 6 * 44100])
+        sender = RaopSender("127.0.0.1", daemon.port, sender_options())
+        await sender.connect()
+        rtptime = sender.report.first_rtptime
+        dmap = [("minm", b"Title"), ("asar", b"Artist"), ("asal", b"Album"), ("asgn", b"Jazz")]
+        await sender.set_metadata(dmap, rtptime)
+        await sender.set_artwork(JPEG, "image/jpeg", rtptime)
+        play = asyncio.create_task(sender.play(pcm))
+        await wait_until(lambda: subscriber.last("living/play_start") is not None, "play_start")
+        # "stop" ends the session from our side (there is no DACP server to pass it on to).
+        await subscriber.publish("living/remote", "stop")
+        await wait_until(lambda: subscriber.last("living/play_end") is not None, "play_end")
+        play.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await play
+        await sender.close()
+        await wait_until(lambda: subscriber.last("living/active_end") is not None, "active_end")
+    finally:
+        await daemon.stop()
+    log = "\n".join(daemon.log)
+    assert "ended: stopped by remote control" in log
+
+    assert subscriber.last("living/title") == b"Title"
+    assert subscriber.last("living/artist") == b"Artist"
+    assert subscriber.last("living/album") == b"Album"
+    assert subscriber.last("living/genre") == b"Jazz"
+    assert subscriber.last("living/cover") == JPEG  # the bytes exactly
+    assert subscriber.last("living/client_name") == b"Joe's iPhone"
+    assert subscriber.last("living/client_ip") == b"127.0.0.1"
+    assert subscriber.last("living/server_ip") == b"127.0.0.1"
+    assert subscriber.last("living/dacp_id") == b"14413BE4996FEA4D"
+    assert subscriber.last("living/active_remote_id") == b"1986535575"
+    assert (subscriber.last("living/volume") or b"").startswith(b"-15.00,")
+    assert subscriber.last("living/play_start") == b"--"  # empty payloads substituted
+    events = [
+        t.rsplit("/", 1)[1]
+        for t in subscriber.topics_seen()
+        if t.rsplit("/", 1)[1] in ("active_start", "play_start", "play_end", "active_end")
+    ]
+    assert events == ["active_start", "play_start", "play_end", "active_end"]
+    assert subscriber.last("living/availability") == b"offline"  # said on shutdown
+
+    configs = {
+        t: json.loads(p)
+        for t, p, _ in subscriber.messages
+        if t.startswith("homeassistant/") and t.endswith("/config")
+    }
+    components = {t.split("/")[1] for t in configs}
+    assert components == {"sensor", "binary_sensor", "image", "button"}
+    for topic, payload in configs.items():
+        check_discovery(payload, topic.split("/")[1])
+    unique = [p["unique_id"] for p in configs.values()]
+    assert len(unique) == len(set(unique))
+    image = next(p for t, p in configs.items() if "/image/" in t)
+    assert image["image_topic"] == "living/cover"
+    buttons = {p["payload_press"] for t, p in configs.items() if "/button/" in t}
+    assert {"play", "pause", "playpause", "stop", "nextitem", "previtem"} <= buttons
+    await subscriber.close()
+
+
+async def test_mqtt_remote_without_dacp_is_refused_clearly(start_daemon, test30, broker):
+    subscriber = Subscriber(broker.port, ["spk/#"])
+    await asyncio.wait_for(subscriber.ready.wait(), DEADLINE)
+    daemon: Daemon = await start_daemon(
+        "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port), "--mqtt-topic", "spk",
+        "--mqtt-remote",
+    )  # fmt: skip
+    pcm = np.ascontiguousarray(test30[: 3 * 44100])
+    options = SenderOptions(codec="alac", hw_addr=bytes.fromhex(DEVICE_ID), linger=0.2)
+    sender = RaopSender("127.0.0.1", daemon.port, options)  # no DACP-ID, no Active-Remote
+    await wait_until(lambda: subscriber.last("spk/availability") == b"online", "online")
+    await sender.connect()
+    play = asyncio.create_task(sender.play(pcm))
+    await wait_until(lambda: subscriber.last("spk/play_start") is not None, "play_start")
+    await subscriber.publish("spk/remote", "nextitem")
+    await wait_until(
+        lambda: any("MQTT remote: nextitem refused" in line for line in daemon.log), "refusal"
+    )
+    await play
+    await sender.teardown()
+    await sender.close()
+    assert await daemon.stop() == 0
+    line = next(x for x in daemon.log if "MQTT remote: nextitem refused" in x)
+    assert "offers no remote control" in line
+    assert np.array_equal(read_wav(daemon.output), pcm)  # audio untouched
+    await subscriber.close()
+
+
+async def test_broker_that_vanishes_mid_stream_and_returns(start_daemon, test30, broker):
+    subscriber_port = broker.port
+    daemon: Daemon = await start_daemon(
+        "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port), "--mqtt-topic", "spk",
+    )  # fmt: skip
+    pcm = np.ascontiguousarray(test30[: 8 * 44100])
+    sender = RaopSender("127.0.0.1", daemon.port, sender_options())
+    await sender.connect()
+    play = asyncio.create_task(sender.play(pcm))
+    await wait_until(lambda: any("MQTT: connected" in x for x in daemon.log), "connected")
+    broker.stop()  # gone mid-stream
+    try:
+        await wait_until(lambda: any("MQTT: lost the broker" in x for x in daemon.log), "lost")
+    except AssertionError:
+        print("\n".join(daemon.log))
+        raise
+    await asyncio.to_thread(broker.start)
+    subscriber = Subscriber(subscriber_port, ["spk/#"])
+    await asyncio.wait_for(subscriber.ready.wait(), DEADLINE)
+    await wait_until(lambda: subscriber.last("spk/availability") == b"online", "back online")
+    await sender.set_metadata([("minm", b"After the outage")], sender.report.first_rtptime)
+    await wait_until(lambda: subscriber.last("spk/title") == b"After the outage", "title")
+    await play
+    await sender.teardown()
+    await sender.close()
+    assert await daemon.stop() == 0
+    assert sum("MQTT: lost the broker" in x for x in daemon.log) == 1  # said once
+    assert np.array_equal(read_wav(daemon.output), pcm)  # audio unaffected
+    await subscriber.close()
+
+
+async def test_mqtt_remote_reaches_the_senders_dacp_server_over_mdns(lan, raopd, tmp_path):
+    """On the namespace LAN: the sender (B) advertises iTunes_Ctrl_<id> over mDNS; raopd (A)
+    finds it and sends the command there; MQTT broker and subscriber are on A's loopback."""
+    broker = Broker(tmp_path, lan, lan.a).start()
+    ns_a, ns_b = NsLoop(lan, lan.a), NsLoop(lan, lan.b)
+    responder = DacpResponder("14413BE4996FEA4D", "1986535575", address=lan.b_ip)
+    daemon = raopd(
+        "--output", str(tmp_path / "out.wav"), "--mqtt-host", "127.0.0.1",
+        "--mqtt-port", str(broker.port), "--mqtt-topic", "den", "--mqtt-remote",
+    )  # fmt: skip
+    try:
+        await ns_b.run(responder.start())
+        subscriber = await ns_a.run(_subscriber(broker.port, ["den/#"]))
+        await asyncio.to_thread(daemon.wait_ready)
+        await wait_until(lambda: subscriber.last("den/availability") == b"online", "online")
+        options = dataclasses.replace(sender_options(), linger=0.2)
+        sender = RaopSender(lan.a_ip, 5000, options)
+        await ns_b.run(sender.connect())
+        play = ns_b.submit(sender.play(np.zeros((6 * 44100, 2), np.int16)))
+        await wait_until(lambda: subscriber.last("den/play_start") is not None, "play_start")
+        await ns_a.run(subscriber.publish("den/remote", "playpause"))
+        await wait_until(lambda: responder.requests, "the DACP request")
+        request = responder.requests[0]
+        assert request.path == "/ctrl-int/1/playpause"
+        assert request.headers["active-remote"] == "1986535575"
+        assert request.headers["host"].startswith(lan.b_ip + ":")
+        await ns_a.run(subscriber.publish("den/remote", "stop"))
+        await wait_until(lambda: subscriber.last("den/play_end") is not None, "play_end")
+        assert [r.path for r in responder.requests] == ["/ctrl-int/1/playpause", "/ctrl-int/1/stop"]
+        await asyncio.to_thread(daemon.wait_log, r"ended: stopped by remote control")
+        play.cancel()
+        await ns_b.run(sender.close())
+        await ns_a.run(subscriber.close())
+        await ns_b.run(responder.close())
+    finally:
+        ns_a.close()
+        ns_b.close()
+        daemon.kill()
+        broker.stop()
+
+
+async def _subscriber(port: int, topics: list[str]) -> Subscriber:
+    subscriber = Subscriber(port, topics)
+    await asyncio.wait_for(subscriber.ready.wait(), DEADLINE)
+    return subscriber
