@@ -38,8 +38,9 @@ from raopd.core.playout import PlayoutSettings
 from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
 from raopd.core.volume import airplay_to_db, volume_to_gain
-from raopd.errors import OutputError
+from raopd.errors import OutputError, RaopError
 from raopd.house.dacp import DacpRemote
+from raopd.house.hooks import Hooks, HookSettings
 from raopd.house.house import House, start_log, start_metadata_pipe
 from raopd.house.mqtt import MqttClient, MqttSettings
 from raopd.house.sps import VolumeRange
@@ -133,10 +134,18 @@ class EventRouter:
         # The player state and its consumers (pipe, MQTT, hooks, log) get every other event.
         self.house: House | None = None
         self._flushed = False  # the house hears once when audio resumes after a flush
+        # Closed while play-start hooks run with wait_for_completion: audio is held back
+        # (counted in held_frames) so that the first note comes after them, at its own time.
+        self.audio_gate: asyncio.Event | None = None
+        self.held_frames = 0
 
     def __call__(self, session: RaopSession, event: Event) -> None:
         output = self.output
         if isinstance(event, AudioReady):
+            gate = self.audio_gate
+            if gate is not None and not gate.is_set():
+                self.held_frames += len(event.pcm)
+                return
             if self._audio and event.rtptime != self._audio_end:
                 self._submit_pending()  # not contiguous: keep the blocks apart
             if not self._audio:
@@ -329,6 +338,31 @@ async def start_house(
         stack.push_async_callback(mqtt.close)
         house.add_consumer("mqtt", mqtt)
         house.mqtt = mqtt
+    commands = {
+        "play_start": config.run_before_play_begins,
+        "play_end": config.run_after_play_ends,
+        "active_start": config.run_before_entering_active_state,
+        "active_end": config.run_after_exiting_active_state,
+        "volume": config.run_when_volume_is_set,
+        "error": config.run_on_unfixable_error,
+    }
+    urls = tuple(u.strip() for u in config.webhook_urls.split(",") if u.strip())
+    if any(commands.values()) or urls:
+        hooks = Hooks(
+            HookSettings(
+                commands={k: v for k, v in commands.items() if v},
+                shell=config.hook_shell,
+                timeout=config.hook_timeout,
+                wait_for_completion=config.hook_wait_for_completion,
+                webhook_urls=urls,
+            )
+        )
+        house.fanout.observe(hooks.observe)
+        if hooks.holds_audio:
+            router.audio_gate = hooks.audio_gate
+        stack.push_async_callback(hooks.close)
+        house.add_consumer("hooks", hooks, maxlen=64)
+        house.hooks = hooks
     stack.push_async_callback(house.close)
 
 
@@ -394,35 +428,41 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         router.house = house
         state.house = house
 
-        server = RtspServer(
-            receiver=receiver,
-            settings=ServerSettings(
-                address=config.address,
-                port=config.port,
-                udp_port_base=config.udp_port_base,
-                udp_port_range=config.udp_port_range,
-            ),
-            session_settings=SessionSettings(
-                jitter=JitterSettings(resend=config.resend),
-                session_timeout=config.session_timeout or float("inf"),
-                latency_offset=config.latency_offset,
-                initial_volume=config.default_volume,
-            ),
-            arbiter=PlayArbiter(config.allow_session_interruption),
-            on_event=router,
-        )
-        server.on_event = state.totals.wrap(server.on_event)  # session totals for /metrics
-        state.totals.gain_of = router._gain if router.apply_volume else None
-        await server.start()
-        stack.push_async_callback(server.close)
-        state.server = server
+        try:
+            server = RtspServer(
+                receiver=receiver,
+                settings=ServerSettings(
+                    address=config.address,
+                    port=config.port,
+                    udp_port_base=config.udp_port_base,
+                    udp_port_range=config.udp_port_range,
+                ),
+                session_settings=SessionSettings(
+                    jitter=JitterSettings(resend=config.resend),
+                    session_timeout=config.session_timeout or float("inf"),
+                    latency_offset=config.latency_offset,
+                    initial_volume=config.default_volume,
+                ),
+                arbiter=PlayArbiter(config.allow_session_interruption),
+                on_event=router,
+            )
+            server.on_event = state.totals.wrap(server.on_event)  # session totals for /metrics
+            state.totals.gain_of = router._gain if router.apply_volume else None
+            await server.start()
+            stack.push_async_callback(server.close)
+            state.server = server
 
-        interfaces = [i.strip() for i in config.interface.split(",") if i.strip()] or None
-        mdns = MdnsAdvertiser(receiver, config.port, interfaces=interfaces)
-        await mdns.start()
-        stack.push_async_callback(mdns.close)
-        state.mdns = mdns
-        logger.info("raopd ready: %s (device id %s)", mdns.service_name, receiver.device_id)
+            interfaces = [i.strip() for i in config.interface.split(",") if i.strip()] or None
+            mdns = MdnsAdvertiser(receiver, config.port, interfaces=interfaces)
+            await mdns.start()
+            stack.push_async_callback(mdns.close)
+            state.mdns = mdns
+            logger.info("raopd ready: %s (device id %s)", mdns.service_name, receiver.device_id)
 
-        await shutdown.wait()
-        logger.info("shutting down")
+            await shutdown.wait()
+            logger.info("shutting down")
+        except (RaopError, OSError) as exc:
+            # Unrecoverable: the error hook runs (and is waited for) before raopd gives up.
+            house.error(f"raopd stops: {exc}")
+            await house.close(drain=config.hook_timeout + 1.0)
+            raise

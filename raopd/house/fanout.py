@@ -46,6 +46,7 @@ class Subscription:
         self._queue: deque[Change] = deque(maxlen=maxlen)
         self._ready = asyncio.Event()
         self.closed = False
+        self.busy = False  # its consumer is handling a change now
 
     def put(self, change: Change) -> None:
         """Queue a change (the fan-out's side); the oldest goes when the queue is full."""
@@ -129,6 +130,7 @@ async def run(subscription: Subscription, handler: Callable[[Change], Awaitable[
     """Feed `subscription`'s changes to `handler` until cancelled or closed."""
     failures: set[str] = set()
     async for change in subscription:
+        subscription.busy = True
         try:
             await handler(change)
         except asyncio.CancelledError:
@@ -143,3 +145,5 @@ async def run(subscription: Subscription, handler: Callable[[Change], Awaitable[
                 )
         else:
             subscription.counters.delivered += 1
+        finally:
+            subscription.busy = False

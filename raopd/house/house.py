@@ -20,6 +20,7 @@ from raopd.core.events import Event
 from raopd.house import fanout as fanout_module
 from raopd.house.dacp import DacpRemote
 from raopd.house.fanout import Fanout, Subscription
+from raopd.house.hooks import Hooks
 from raopd.house.log import LogConsumer
 from raopd.house.metadata_pipe import FifoWriter, MetadataPipeConsumer, UdpMetadataSender
 from raopd.house.mqtt import MqttClient
@@ -61,6 +62,7 @@ class House:
         # Set by the daemon: remote control (DACP + stop) and the MQTT client, if configured.
         self.remote: DacpRemote | None = None
         self.mqtt: MqttClient | None = None
+        self.hooks: Hooks | None = None
 
     @property
     def state(self) -> object:
@@ -102,15 +104,15 @@ class House:
         self._tasks.append(task)
         return subscription
 
-    async def close(self) -> None:
-        """Stop the timers and the consumer tasks (what is queued is given a moment first)."""
+    async def close(self, drain: float = 1.0) -> None:
+        """Stop the timers and the consumer tasks (what is queued gets `drain` seconds)."""
         if self._active_timer is not None:
             self._active_timer.cancel()
         if self._sync_task is not None:
             self._sync_task.cancel()
         # Let consumers finish what is queued (play_end at shutdown), briefly.
-        deadline = asyncio.get_running_loop().time() + 1.0
-        while any(s.pending() for s in self.fanout.subscriptions):
+        deadline = asyncio.get_running_loop().time() + drain
+        while any(s.pending() or s.busy for s in self.fanout.subscriptions):
             if asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.02)
