@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from raopd.house import hooks as hooks_module
-from raopd.house.hooks import HookSettings, Hooks
+from raopd.house.hooks import Hooks, HookSettings
 from raopd.house.state import (
     Change,
     ChangeKind,
