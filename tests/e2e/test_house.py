@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from raopd.tools.sender import RaopSender, SenderOptions
+from tests.e2e.conftest import test_clip
 from tests.e2e.daemon import DEVICE_ID, Daemon, read_wav
 from tests.house.broker import Broker
 from tests.house.dacp_responder import DacpResponder
@@ -388,3 +390,145 @@ async def _subscriber(port: int, topics: list[str]) -> Subscriber:
     subscriber = Subscriber(port, topics)
     await asyncio.wait_for(subscriber.ready.wait(), DEADLINE)
     return subscriber
+
+
+# --------------------------------------------------------------- acceptance with stock pyatv
+
+HOOK = """
+import json, os, sys
+with open(sys.argv[1], "a") as log:
+    keys = ("RAOPD_EVENT", "RAOPD_TITLE", "RAOPD_ARTIST", "RAOPD_ALBUM", "RAOPD_SENDER", "PATH")
+    log.write(json.dumps({k: os.environ.get(k) for k in keys}) + "\\n")
+print("hook ran for", os.environ["RAOPD_EVENT"])
+"""
+
+
+class WebhookReceiver:
+    """An aiohttp server that records every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, object]] = []
+        self.port = 0
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            self.bodies.append(await request.json())
+            return web.Response(status=204)
+
+        app = web.Application()
+        app.router.add_post("/hook", handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def test_stock_pyatv_metadata_reaches_pipe_mqtt_hooks_and_webhooks(
+    lan, raopd, pyatv_sender, tmp_path
+):
+    clip, _ = test_clip(tmp_path / "clip.wav", 5.0, 3.0)
+    cover = tmp_path / "cover.jpg"
+    cover.write_bytes(JPEG)
+    broker = Broker(tmp_path, lan, lan.a).start()
+    ns_a = NsLoop(lan, lan.a)
+    webhook = WebhookReceiver()
+    hook_script, hook_log = tmp_path / "hook.py", tmp_path / "hook.log"
+    hook_script.write_text(HOOK)
+    hook = f"{sys.executable} {hook_script} {hook_log}"
+    fifo = tmp_path / "metadata"
+    try:
+        await ns_a.run(webhook.start())
+        subscriber = await ns_a.run(_subscriber(broker.port, ["e2e/#"]))
+        daemon = raopd(
+            "--output", str(tmp_path / "out.wav"), "--metadata-pipe", str(fifo),
+            "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port), "--mqtt-topic", "e2e",
+            "--mqtt-remote", "--active-state-timeout", "1",
+            "--run-before-play-begins", f"{hook} start", "--run-after-play-ends", f"{hook} end",
+            env={
+                "RAOPD_RUN_AFTER_EXITING_ACTIVE_STATE": hook,
+                "RAOPD_WEBHOOK_URLS": f"http://127.0.0.1:{webhook.port}/hook",
+            },
+        )  # fmt: skip
+        reader = PipeReader(fifo)
+        await asyncio.to_thread(daemon.wait_ready)
+        sender = pyatv_sender(
+            clip,
+            metadata={
+                "title": "Fast Car",
+                "artist": "Tracy Chapman",
+                "album": "Tracy Chapman",
+                "artwork": str(cover),
+            },
+        )
+        await wait_until(lambda: subscriber.last("e2e/play_start") is not None, "play_start")
+        # pyatv sends DACP-ID and Active-Remote but runs no DACP server: a clear refusal.
+        await ns_a.run(subscriber.publish("e2e/remote", "nextitem"))
+        await asyncio.to_thread(daemon.wait_log, r"MQTT remote: nextitem refused")
+        result = await asyncio.to_thread(sender.result)
+        assert result["result"] == "ok", result
+        await wait_until(lambda: any(i.code == "aend" for i in reader.items()), "aend (pipe)")
+        await wait_until(lambda: subscriber.last("e2e/active_end") is not None, "active_end")
+        await wait_until(
+            lambda: any(b["event"] == "active_end" for b in webhook.bodies), "active_end webhook"
+        )
+        daemon.stop()
+        log = daemon.log
+    finally:
+        await ns_a.run(webhook.close())
+        ns_a.close()
+        broker.stop()
+
+    refusal = next(x for x in log.splitlines() if "nextitem refused" in x)
+    assert "offers no remote control" in refusal and "iTunes_Ctrl_" in refusal
+    assert log.count("now playing: Tracy Chapman \u2013 Fast Car (Tracy Chapman)") == 1
+
+    # The pipe, read as shairport-sync's readers read it.
+    items = reader.items()
+    values = {i.code: i.data for i in items}
+    assert (values["minm"], values["asar"], values["asal"]) == (
+        b"Fast Car",
+        b"Tracy Chapman",
+        b"Tracy Chapman",
+    )
+    assert values["PICT"] == JPEG  # the cover pyatv sent, byte for byte
+    assert values["snua"].startswith(b"AirPlay/") and values["clip"] == lan.b_ip.encode()
+    order = [i.code for i in items if i.code in ("abeg", "pbeg", "pend", "aend")]
+    assert order == ["abeg", "pbeg", "pend", "aend"]
+
+    # MQTT.
+    assert subscriber.last("e2e/title") == b"Fast Car"
+    assert subscriber.last("e2e/artist") == b"Tracy Chapman"
+    assert subscriber.last("e2e/album") == b"Tracy Chapman"
+    assert subscriber.last("e2e/cover") == JPEG
+    assert subscriber.last("e2e/client_ip") == lan.b_ip.encode()
+    events = [
+        t.rsplit("/", 1)[1]
+        for t in subscriber.topics_seen()
+        if t.rsplit("/", 1)[1] in ("play_start", "play_end", "active_end")
+    ]
+    assert events == ["play_start", "play_end", "active_end"]
+
+    # The hook script, run without a shell, with the documented environment.
+    runs = [json.loads(line) for line in hook_log.read_text().splitlines()]
+    assert [r["RAOPD_EVENT"] for r in runs] == ["play_start", "play_end", "active_end"]
+    assert all(r["RAOPD_TITLE"] == "Fast Car" for r in runs)
+    assert all(r["RAOPD_ARTIST"] == "Tracy Chapman" for r in runs)
+    assert all(r["RAOPD_SENDER"] and r["PATH"] for r in runs)
+    assert "hook play_start: hook ran for play_start" in log
+
+    # The webhook receiver.
+    assert [b["event"] for b in webhook.bodies if b["event"] != "volume"] == [
+        "active_start",
+        "play_start",
+        "play_end",
+        "active_end",
+    ]
+    assert any(b["event"] == "volume" for b in webhook.bodies)  # pyatv sets the volume
+    ended = [b for b in webhook.bodies if b["event"] in ("play_end", "active_end")]
+    assert all(b["track"]["title"] == "Fast Car" for b in ended)  # type: ignore[index]
