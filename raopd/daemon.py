@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -57,6 +58,9 @@ from raopd.output.statistics import format_statistics
 logger = logging.getLogger(__name__)
 
 OUTPUT_STOP_TIMEOUT = 1.0  # seconds; shutdown must finish within 2 s in all
+# Audio held for play-start hooks beyond this is due before they end anyway (senders' latency
+# is 2 to 4 s), so only the newest 5 s are kept.
+MAX_HELD_FRAMES = 5 * 44100
 
 
 @dataclass(slots=True)
@@ -74,6 +78,7 @@ class DaemonState:
     totals: metrics.SessionTotals = field(default_factory=metrics.SessionTotals)
     http: HttpServer | None = None
     house: House | None = None
+    router: EventRouter | None = None
 
 
 def open_sink(config: Config) -> AudioSink:
@@ -135,33 +140,32 @@ class EventRouter:
         self.house: House | None = None
         self._flushed = False  # the house hears once when audio resumes after a flush
         # Closed while play-start hooks run with wait_for_completion: audio is held back
-        # (counted in held_frames) so that the first note comes after them, at its own time.
+        # here, then handed on when they are done; the playout skips (and counts) what is
+        # late by then, so the first note comes right after the hooks and in sync.
         self.audio_gate: asyncio.Event | None = None
-        self.held_frames = 0
+        self._held: deque[AudioReady] = deque()
+        self._held_count = 0
+        self.held_frames = 0  # frames that waited for the hooks
+        self.held_dropped_frames = 0  # frames held longer than MAX_HELD_FRAMES, or flushed
 
     def __call__(self, session: RaopSession, event: Event) -> None:
         output = self.output
         if isinstance(event, AudioReady):
             gate = self.audio_gate
-            if gate is not None and not gate.is_set():
-                self.held_frames += len(event.pcm)
-                return
-            if self._audio and event.rtptime != self._audio_end:
-                self._submit_pending()  # not contiguous: keep the blocks apart
-            if not self._audio:
-                self._audio_rtptime = event.rtptime
-            self._audio.append(event.pcm)
-            self._audio_end = rtp_add(event.rtptime, len(event.pcm))
-            self._schedule_submit()
-            if self._flushed:
-                self._flushed = False
-                if self.house is not None:
-                    self.house.audio_resumed()
+            if gate is not None:
+                if not gate.is_set():
+                    self._hold(event)
+                    return
+                if self._held:
+                    self.release_held()
+            self._accept_audio(event)
             return
         if isinstance(event, ClockUpdated):
             self._estimate = event.estimate
             return
         self._submit_pending()  # everything else keeps its order relative to the audio
+        if isinstance(event, Flushed | SessionEnded):
+            self._drop_held()
         if isinstance(event, Flushed):
             output.submit(Flush(event.until_rtptime))
             self._flushed = True
@@ -175,6 +179,40 @@ class EventRouter:
             output.submit(EndStream())
         if self.house is not None:
             self.house.session_event(session, event)
+
+    def _hold(self, event: AudioReady) -> None:
+        self._held.append(event)
+        self._held_count += len(event.pcm)
+        self.held_frames += len(event.pcm)
+        while self._held_count > MAX_HELD_FRAMES:
+            old = self._held.popleft()
+            self._held_count -= len(old.pcm)
+            self.held_dropped_frames += len(old.pcm)
+
+    def release_held(self) -> None:
+        """The hooks are done: the audio held for them goes on, in order."""
+        held, self._held, self._held_count = self._held, deque(), 0
+        for event in held:
+            self._accept_audio(event)
+
+    def _drop_held(self) -> None:
+        for event in self._held:
+            self.held_dropped_frames += len(event.pcm)
+        self._held.clear()
+        self._held_count = 0
+
+    def _accept_audio(self, event: AudioReady) -> None:
+        if self._audio and event.rtptime != self._audio_end:
+            self._submit_pending()  # not contiguous: keep the blocks apart
+        if not self._audio:
+            self._audio_rtptime = event.rtptime
+        self._audio.append(event.pcm)
+        self._audio_end = rtp_add(event.rtptime, len(event.pcm))
+        self._schedule_submit()
+        if self._flushed:
+            self._flushed = False
+            if self.house is not None:
+                self.house.audio_resumed()
 
     def _schedule_submit(self) -> None:
         if not self._flush_scheduled:
@@ -299,7 +337,7 @@ async def start_house(
         highest_db=router.volume_db(0.0),
         ignored=config.ignore_volume,
     )
-    await start_metadata_pipe(
+    house.pipe = await start_metadata_pipe(
         house,
         stack,
         pipe_path=config.metadata_pipe,
@@ -360,6 +398,7 @@ async def start_house(
         house.fanout.observe(hooks.observe)
         if hooks.holds_audio:
             router.audio_gate = hooks.audio_gate
+            hooks.on_gate_open.append(router.release_held)
         stack.push_async_callback(hooks.close)
         house.add_consumer("hooks", hooks, maxlen=64)
         house.hooks = hooks
@@ -403,6 +442,7 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         stack.callback(output.stop, OUTPUT_STOP_TIMEOUT)
         state.output = output
         router = EventRouter(state, output)
+        state.router = router
         if config.mixer_control and router.apply_volume:
             router.mixer = open_mixer(config)
             if router.mixer is not None:

@@ -267,6 +267,101 @@ class DaemonCollector(Collector):
         )
 
         yield from self._output()
+        yield from self._house()
+
+    def _house(self) -> Iterator[Metric]:
+        """The player state's consumers (raopd.house): what they delivered, dropped, failed."""
+        house = self.state.house
+        if house is None:
+            return
+        families = {
+            "delivered": CounterMetricFamily(
+                "raopd_house_changes_delivered",
+                "Player-state changes a consumer handled",
+                labels=["consumer"],
+            ),
+            "dropped": CounterMetricFamily(
+                "raopd_house_changes_dropped",
+                "Player-state changes a slow consumer lost (its queue was full)",
+                labels=["consumer"],
+            ),
+            "failed": CounterMetricFamily(
+                "raopd_house_consumer_failures",
+                "Player-state changes whose consumer raised",
+                labels=["consumer"],
+            ),
+        }
+        totals: dict[str, Counter[str]] = {key: Counter() for key in families}
+        for subscription in house.fanout.subscriptions:
+            totals["delivered"][subscription.name] += subscription.counters.delivered
+            totals["dropped"][subscription.name] += subscription.counters.dropped
+            totals["failed"][subscription.name] += subscription.counters.failed
+        for key, family in families.items():
+            for name, value in sorted(totals[key].items()):
+                family.add_metric([name], value)
+            yield family
+        yield _counter(
+            "raopd_artwork_dropped",
+            "Cover art dropped as too large",
+            house.tracker.counters.artwork_dropped,
+        )
+        if house.pipe is not None:
+            for sink in (house.pipe.pipe, house.pipe.udp):
+                if sink is not None:
+                    kind = "pipe" if sink is house.pipe.pipe else "udp"
+                    yield _counter(
+                        f"raopd_metadata_{kind}_items_dropped",
+                        f"Metadata items not written to the {kind} (no or stalled reader)",
+                        sink.counters.items_dropped,
+                    )
+        if house.mqtt is not None:
+            yield _gauge(
+                "raopd_mqtt_connected",
+                "1 while connected to the MQTT broker",
+                house.mqtt.connected.is_set(),
+            )
+            yield _counter(
+                "raopd_mqtt_changes_dropped",
+                "Changes not published because the broker was unreachable",
+                house.mqtt.counters.dropped,
+            )
+        if house.hooks is not None:
+            hook_counters = house.hooks.counters
+            yield _counter("raopd_hook_runs", "Hook commands run", hook_counters.runs)
+            yield _counter(
+                "raopd_hook_failures",
+                "Hooks that failed or could not start",
+                hook_counters.failures,
+            )
+            yield _counter(
+                "raopd_hook_timeouts", "Hooks killed at their timeout", hook_counters.timeouts
+            )
+            yield _counter(
+                "raopd_webhook_failures",
+                "Webhook posts that failed every attempt",
+                hook_counters.webhook_failures,
+            )
+        if house.remote is not None:
+            yield _counter(
+                "raopd_remote_commands_sent", "Remote commands done", house.remote.counters.sent
+            )
+            yield _counter(
+                "raopd_remote_commands_refused",
+                "Remote commands refused (no DACP, nothing playing, sender said no)",
+                house.remote.counters.refused,
+            )
+        router = self.state.router
+        if router is not None:
+            yield _counter(
+                "raopd_audio_held_frames",
+                "Frames held back while play-start hooks ran (hook_wait_for_completion)",
+                router.held_frames,
+            )
+            yield _counter(
+                "raopd_audio_held_dropped_frames",
+                "Held frames dropped: held too long, or flushed",
+                router.held_dropped_frames,
+            )
 
     def _output(self) -> Iterator[Metric]:
         output = self.state.output

@@ -183,3 +183,19 @@ def test_output_metrics(output):
     values = scrape(state)
     assert values["raopd_drift_ppm"] == 12.5 and values["raopd_sync_error_seconds"] == -0.0015
     assert values[f'raopd_build_info{{version="{__version__}"}}'] == 1
+
+
+async def test_house_consumers_are_counted():
+    from raopd.house.state import Change, ChangeKind, PlayerState
+
+    state = make_state()
+    state.house = House()
+    slow = state.house.fanout.subscribe("slow", maxlen=2)
+    state.house.fanout.publish(
+        [Change(ChangeKind.PROGRESS, PlayerState(), float(n)) for n in range(5)]
+    )
+    values = scrape(state)
+    assert values['raopd_house_changes_dropped_total{consumer="slow"}'] == 3
+    assert values['raopd_house_changes_delivered_total{consumer="slow"}'] == 0
+    assert values["raopd_artwork_dropped_total"] == 0
+    assert slow.pending() == 2

@@ -34,7 +34,7 @@ import math
 import os
 import shlex
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -161,6 +161,7 @@ class Hooks:
         self.audio_gate = asyncio.Event()
         self.audio_gate.set()
         self._gate_timer: asyncio.TimerHandle | None = None
+        self.on_gate_open: list[Callable[[], None]] = []  # the daemon releases held audio
 
     @property
     def holds_audio(self) -> bool:
@@ -199,7 +200,14 @@ class Hooks:
         if self._gate_timer is not None:
             self._gate_timer.cancel()
             self._gate_timer = None
+        if self.audio_gate.is_set():
+            return
         self.audio_gate.set()
+        for callback in self.on_gate_open:
+            try:
+                callback()
+            except Exception:
+                logger.exception("releasing audio held for the hooks failed")
 
     async def run(self, event: str, command: str, change: Change, extra: list[str]) -> int | None:
         """Run one hook to its end or its timeout; its exit status (None: killed)."""

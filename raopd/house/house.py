@@ -63,6 +63,7 @@ class House:
         self.remote: DacpRemote | None = None
         self.mqtt: MqttClient | None = None
         self.hooks: Hooks | None = None
+        self.pipe: MetadataPipeConsumer | None = None
 
     @property
     def state(self) -> object:
