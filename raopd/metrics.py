@@ -174,6 +174,11 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 _SESSION_COUNTERS = (
     ("rtsp_requests", "requests", "RTSP requests received"),
     ("rtsp_bad_requests", "bad_requests", "RTSP requests refused as malformed or invalid"),
+    (
+        "rtsp_oversized_requests",
+        "oversized_requests",
+        "RTSP requests refused (413) for a body over the limit, skipped unread",
+    ),
     ("datagrams", "datagrams", "UDP datagrams received on session ports"),
     ("bad_datagrams", "bad_datagrams", "UDP datagrams dropped as malformed or unexpected"),
     ("foreign_datagrams", "foreign_datagrams", "UDP datagrams dropped: not from the sender"),

@@ -148,6 +148,7 @@ class SessionStats:
     frames_out: int = 0
     silent_frames_out: int = 0
     resend_datagrams: int = 0
+    oversized_requests: int = 0  # bodies over the RTSP reader's limit, refused with 413
 
 
 class RaopSession:
@@ -219,6 +220,9 @@ class RaopSession:
             self._reader.receive_data(data)
             while (request := self._reader.next_request()) is not None:
                 self.stats.requests += 1
+                if request.body_refused:
+                    self._refuse_oversized(request)
+                    continue
                 self._out += bytes(self._handle_request(request, now))
                 if self.should_close:
                     return
@@ -400,6 +404,18 @@ class RaopSession:
                 self._authorised = True
                 return True
         return False
+
+    def _refuse_oversized(self, request: RtspRequest) -> None:
+        """A body over the limit (a 20 MB cover): 413, counted; the stream goes on."""
+        self.stats.oversized_requests += 1
+        logger.warning(
+            "[session %d] %s with a %d-byte body refused (413): over the %d-byte limit",
+            self.session_id,
+            _describe(request),
+            request.body_refused,
+            self._reader.max_body_bytes,
+        )
+        self._out += bytes(RtspResponse(413, self._common_headers(request)))
 
     def _note_sender(self, request: RtspRequest) -> None:
         h = request.headers

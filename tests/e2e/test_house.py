@@ -532,3 +532,59 @@ async def test_stock_pyatv_metadata_reaches_pipe_mqtt_hooks_and_webhooks(
     assert any(b["event"] == "volume" for b in webhook.bodies)  # pyatv sets the volume
     ended = [b for b in webhook.bodies if b["event"] in ("play_end", "active_end")]
     assert all(b["track"]["title"] == "Fast Car" for b in ended)  # type: ignore[index]
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def rss_anon_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    raise KeyError("RssAnon")
+
+
+async def test_huge_and_garbage_metadata_never_stop_the_stream(start_daemon, test30, tmp_path):
+    fifo = tmp_path / "metadata"
+    daemon: Daemon = await start_daemon("--metadata-pipe", str(fifo))
+    reader = PipeReader(fifo)
+    assert daemon.process is not None
+    pcm = np.ascontiguousarray(test30[: 8 * 44100])
+    sender = RaopSender("127.0.0.1", daemon.port, sender_options())
+    await sender.connect()
+    rtptime = sender.report.first_rtptime
+    play = asyncio.create_task(sender.play(pcm))
+    await asyncio.sleep(0)
+    refused = []
+    before = rss_anon_kb(daemon.process.pid)
+    huge = b"\xff\xd8\xff" + os.urandom(20 * 1024 * 1024)  # a 20 MB "cover"
+    for _ in range(3):
+        try:
+            await sender.set_artwork(huge, "image/jpeg", rtptime)
+        except Exception as exc:  # SenderError: the receiver answered 413
+            refused.append(str(exc))
+    for body in (
+        [("minm", b"\xff\xfe\x00bad \x1b[31mtitle"), ("asar", "Ünïcødé".encode())],  # not UTF-8
+        [("mlit", b"\x00\x00\x00\xffshort")],  # a container that lies about its length
+    ):
+        with contextlib.suppress(Exception):
+            await sender.set_metadata(body, rtptime)
+    await sender.set_artwork(JPEG[:100], "image/jpeg", rtptime)  # truncated: still just bytes
+    after = rss_anon_kb(daemon.process.pid)
+    await play
+    await sender.teardown()
+    await sender.close()
+    assert await daemon.stop() == 0
+    assert len(refused) == 3 and all("413" in r for r in refused)
+    assert after - before < 32 * 1024  # 60 MB sent; nothing of it kept
+    assert np.array_equal(read_wav(daemon.output), pcm)  # the music never stopped
+    await asyncio.to_thread(reader.thread.join, DEADLINE)
+    log = "\n".join(daemon.log)
+    assert log.count("refused (413): over the 4194304-byte limit") == 3
+    items = reader.items()
+    titles = [i.data for i in items if i.code == "minm"]
+    assert titles == [b"\xff\xfe\x00bad \x1b[31mtitle"]  # passed on as sent, like shairport-sync
+    assert [i.data for i in items if i.code == "PICT"] == [JPEG[:100]]
+    # The log line is clean text.
+    line = next(x for x in daemon.log if "now playing:" in x)
+    assert "\x1b" not in line and "\x00" not in line
