@@ -588,3 +588,29 @@ async def test_huge_and_garbage_metadata_never_stop_the_stream(start_daemon, tes
     # The log line is clean text.
     line = next(x for x in daemon.log if "now playing:" in x)
     assert "\x1b" not in line and "\x00" not in line
+
+
+async def test_broker_down_at_start_is_said_once_and_joined_when_it_comes(
+    start_daemon, test30, tmp_path
+):
+    broker = Broker(tmp_path)  # its port, but not running yet
+    daemon: Daemon = await start_daemon(
+        "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port), "--mqtt-topic", "late",
+    )  # fmt: skip
+    pcm = np.ascontiguousarray(test30[: 4 * 44100])
+    sender = RaopSender("127.0.0.1", daemon.port, sender_options())
+    await sender.connect()
+    play = asyncio.create_task(sender.play(pcm))
+    await wait_until(lambda: any("MQTT: cannot reach" in x for x in daemon.log), "the one warning")
+    await asyncio.sleep(3.5)  # retries at 1 and 2 s later: none of them logs again
+    assert sum("MQTT: cannot reach" in x for x in daemon.log) == 1
+    await asyncio.to_thread(broker.start)
+    try:
+        await wait_until(lambda: any("MQTT: connected" in x for x in daemon.log), "connected")
+        await play
+        await sender.teardown()
+        await sender.close()
+        assert await daemon.stop() == 0
+    finally:
+        broker.stop()
+    assert np.array_equal(read_wav(daemon.output), pcm)  # audio never waited for MQTT
