@@ -30,6 +30,7 @@ from raopd.core.clock import ClockEstimate
 from raopd.core.events import (
     AudioReady,
     ClockUpdated,
+    EndReason,
     Event,
     Flushed,
     SessionEnded,
@@ -578,6 +579,9 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
                 ),
                 arbiter=arbiter,
                 on_event=router,
+            )
+            house.end_session = lambda session: server.end_session(
+                session, EndReason.STOPPED_BY_REMOTE
             )
             server.on_event = state.totals.wrap(server.on_event)  # session totals for /metrics
             state.totals.gain_of = router._gain if router.apply_volume else None

@@ -64,6 +64,8 @@ class House:
         self.mqtt: MqttClient | None = None
         self.hooks: Hooks | None = None
         self.pipe: MetadataPipeConsumer | None = None
+        # Set by the daemon once its RTSP server runs: ends a session from our side.
+        self.end_session: Callable[[SessionView], bool] | None = None
 
     @property
     def state(self) -> object:
@@ -88,11 +90,9 @@ class House:
     def stop(self) -> bool:
         """End the playing session from our side; False when nothing plays."""
         session = self.tracker.session
-        preempt = getattr(session, "preempt", None)
-        if session is None or preempt is None:
+        if session is None or self.end_session is None:
             return False
-        preempt("stopped by remote control")
-        return True
+        return self.end_session(session)
 
     # ----------------------------------------------------------- consumers
 
