@@ -177,8 +177,8 @@ class EventRouter:
             self._estimate = event.estimate
             return
         self._submit_pending()  # everything else keeps its order relative to the audio
-        if isinstance(event, Flushed | SessionEnded):
-            self._drop_held()
+        if isinstance(event, Flushed | SessionEnded) and self.state.playing is session:
+            self._drop_held()  # held audio is the playing stream's: another session's end keeps it
         if isinstance(event, Flushed):
             # Only the stream that plays may move the output's flush point: a FLUSH before
             # RECORD has nothing there to drop, and its point would outlive the session

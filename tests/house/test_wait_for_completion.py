@@ -14,17 +14,17 @@ from typing import cast
 
 import numpy as np
 
-from raopd.core.events import Flushed
+from raopd.core.events import EndReason, Flushed, SessionEnded
 from raopd.core.session import RaopSession
 from raopd.daemon import MAX_HELD_FRAMES, DaemonState, EventRouter
 from raopd.output.player import OutputThread, Push
 from tests.core.fake_dac import RATE, SENDER_LATENCY, Scenario, simulate
-from tests.test_event_router import FakeOutput, block, turn
+from tests.test_event_router import FakeOutput, PlayingState, block, turn
 
 
 def make_router() -> tuple[EventRouter, FakeOutput, asyncio.Event]:
     output = FakeOutput()
-    router = EventRouter(cast(DaemonState, object()), cast(OutputThread, output))
+    router = EventRouter(cast(DaemonState, PlayingState()), cast(OutputThread, output))
     gate = asyncio.Event()
     router.audio_gate = gate
     return router, output, gate
@@ -85,3 +85,23 @@ def test_first_note_comes_when_the_hook_ends_and_then_in_sync():
     # drops or repeats (about 8 in 6 s).
     steps = np.diff(result.played)
     assert np.all(np.isin(steps, (0, 1, 2))) and np.count_nonzero(steps != 1) <= 20
+
+
+async def test_another_sessions_end_keeps_the_held_audio():
+    """Every connection ends with SessionEnded now (a probe, a refused sender): only the
+    playing session's end or flush may drop the audio held for the hooks."""
+    router, output, gate = make_router()
+    playing, probe = cast(RaopSession, object()), cast(RaopSession, object())
+    cast(PlayingState, router.state).playing = playing
+    for n in range(10):
+        router(playing, block(352 * n))
+    router(probe, SessionEnded(EndReason.CONNECTION_CLOSED))
+    router(probe, Flushed(None))
+    assert router.held_dropped_frames == 0
+    gate.set()
+    router.release_held()
+    await turn()
+    pushes = [c for c in output.commands if isinstance(c, Push)]
+    assert sum(len(p.pcm) for p in pushes) == 3520
+    router(playing, SessionEnded(EndReason.TEARDOWN))
+    assert router.held_dropped_frames == 0  # nothing was held any more
