@@ -341,15 +341,16 @@ async def log_statistics(state: DaemonState, interval: float) -> None:
 
 
 def sync_figures(output: OutputThread) -> SyncFigures:
-    """The output's sync figures now (read without a lock: plain numbers, a moment old)."""
-    stats = output.playout.stats
+    """The output's sync figures now, from its snapshot (the interval is not reset)."""
+    snap = output.snapshot()
+    stats = snap.playout
     return SyncFigures(
         sync_error_ms=stats.sync_error_ms,
         correction_ppm=stats.correction_ppm,
         drift_ppm=stats.source_drift_ppm,
         frames_inserted=stats.frames_inserted,
         frames_dropped=stats.frames_dropped,
-        underruns=int(getattr(output.sink, "underruns", 0)),
+        underruns=snap.sink.underruns if snap.sink is not None else 0,
         bit_exact=stats.bit_exact,
     )
 
