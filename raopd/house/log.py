@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 
+from raopd.core.sessionlog import clip
 from raopd.house.state import Change, ChangeKind, Track
 
 logger = logging.getLogger("raopd.daemon")
 EN_DASH = "\u2013"  # between artist and title, as a music player writes it
+# The tracker's text is printable already (clean_text) but up to 1024 characters a field:
+# a log line keeps this much of it. Not core's clip(), which escapes everything outside ASCII:
+# titles and sender names are in every language and are for people to read.
+MAX_LOGGED_CHARS = 300
 
 
 def now_playing_text(track: Track, sender_name: str) -> str | None:
@@ -18,6 +23,13 @@ def now_playing_text(track: Track, sender_name: str) -> str | None:
     if track.album:
         text = f"{text} ({track.album})" if text else f"({track.album})"
     return f"{text} from {sender_name}" if sender_name else text
+
+
+def bounded(text: str) -> str:
+    """`text` cut to `MAX_LOGGED_CHARS`, saying how long it was."""
+    if len(text) <= MAX_LOGGED_CHARS:
+        return text
+    return f"{text[:MAX_LOGGED_CHARS]}... ({len(text)} chars)"
 
 
 class LogConsumer:
@@ -36,14 +48,14 @@ class LogConsumer:
                 session_id,
                 state.stream.codec,
                 ", encrypted" if state.stream.encrypted else "",
-                sender.display_name if sender is not None else "?",
-                (sender.user_agent if sender is not None else "") or "unknown sender",
+                bounded(sender.display_name if sender is not None else "?"),
+                clip((sender.user_agent if sender is not None else "") or "unknown sender"),
             )
         if change.kind in (ChangeKind.METADATA, ChangeKind.PLAY_BEGIN):
             key = (session_id, state.track.identity)
             text = now_playing_text(state.track, sender.display_name if sender else "")
             if text is not None and key != self._logged:
                 self._logged = key
-                logger.info("[session %d] now playing: %s", session_id, text)
+                logger.info("[session %d] now playing: %s", session_id, bounded(text))
         elif change.kind is ChangeKind.ERROR:
             logger.error("%s", change.reason)
