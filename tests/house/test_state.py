@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from raopd.core.arbiter import PlayArbiter
 from raopd.core.events import ArtworkReceived, Flushed, VolumeChanged
+from raopd.core.session import DEFAULT_VOLUME
 from raopd.house.state import (
     MAX_ARTWORK_BYTES,
     ChangeKind,
@@ -57,7 +58,9 @@ def test_a_stream_from_first_request_to_teardown():
         ChangeKind.PLAY_BEGIN,
         ChangeKind.VOLUME,  # the volume it plays at until the sender sets one
     ]
-    assert changes[-1].state.volume is not None and changes[-1].state.volume.airplay == -15.0
+    volume = changes[-1].state.volume
+    assert volume is not None
+    assert (volume.airplay, volume.db) == (DEFAULT_VOLUME, 2 * DEFAULT_VOLUME)
     state = changes[-1].state
     assert state.status is Status.PLAYING and state.active
     assert state.sender is not None
@@ -140,13 +143,14 @@ def test_a_refused_second_sender_changes_nothing():
         second, request("ANNOUNCE", cseq=2, body=body, Content_Type="application/sdp")
     )
     assert status == 453
-    exchange(
+    status, _, _ = exchange(
         second,
         request("SET_PARAMETER", cseq=3, body=b"volume: 0\r\n", Content_Type="text/parameters"),
     )
+    assert status == 455  # the session's state table refuses it: no VolumeChanged at all
     second.receive_data(request("TEARDOWN", cseq=4), 1.0)
     assert run(tracker, second) == []
-    assert tracker.counters.foreign_events == 2
+    assert tracker.counters.foreign_events == 1  # its SessionEnded, ignored
     assert tracker.state.sender is not None and tracker.state.sender.name == "First"
 
 
