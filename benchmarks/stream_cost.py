@@ -15,10 +15,14 @@ prints one JSON object:
   is the likely cause (the kernel maps cached neighbours of a faulting page); not pinned down;
 - `bit_exact`: the WAV equals the input, sample for sample.
 
+Every run sends what an iPhone sends for a track (DMAP, a JPEG cover, progress); `--house`
+also turns on the metadata pipe (read by a thread here), MQTT (to a Mosquitto started here,
+loopback only) and play start/end hooks, to measure what the house integration costs.
+
 Targets: at most 1.0 s CPU per audio minute and 64 MB peak RSS.
 
     python benchmarks/stream_cost.py [--seconds 60] [--speed 1.0] [--codec alac-verbatim]
-        [--receiver-root CHECKOUT]
+        [--receiver-root CHECKOUT] [--house]
 
 `--codec alac-verbatim-noend` sends verbatim frames as PipeWire and PulseAudio do (no END
 element); `--receiver-root` measures another checkout's raopd (e.g. an export of main) with
@@ -38,6 +42,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +59,9 @@ from raopd.tools.sender import (  # noqa: E402
     load_wav,
 )
 from tests.e2e.daemon import DEVICE_ID, Daemon, read_wav  # noqa: E402
+from tests.house.broker import Broker  # noqa: E402
+
+COVER = ROOT / "tests" / "captures" / "art.jpg"
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -106,11 +114,20 @@ def sender_for(
     )
 
 
-async def measure(sender: RaopSender, pid: int, source: np.ndarray) -> dict[str, object]:
+async def measure(
+    sender: RaopSender, pid: int, source: np.ndarray, metadata: bool = False
+) -> dict[str, object]:
     """Stream `source` and read the receiver's CPU and memory around it."""
     try:
         await sender.connect()
         cpu_start = cpu_seconds(pid)
+        if metadata:  # what an iPhone sends for a track: DMAP, a cover, progress
+            start = sender.report.first_rtptime
+            await sender.set_metadata(
+                [("minm", b"Title"), ("asar", b"Artist"), ("asal", b"Album")], start
+            )
+            await sender.set_artwork(COVER.read_bytes(), "image/jpeg", start)
+            await sender.set_progress(start, start, start + len(source))
         await sender.play(source)
         await sender.teardown()
         cpu_end = cpu_seconds(pid)
@@ -143,31 +160,60 @@ def contains(out: np.ndarray, source: np.ndarray) -> bool:
     return start >= 0 and np.array_equal(out[start : start + len(source)], source)
 
 
+def drain_fifo(path: Path) -> None:
+    """Read a FIFO to its end in a thread, as a metadata reader would."""
+
+    def read() -> None:
+        with open(path, "rb", buffering=0) as fifo:
+            while fifo.read(65536):
+                pass
+
+    threading.Thread(target=read, daemon=True).start()
+
+
 async def run(
     seconds: float,
     speed: float,
     codec: CodecName = "alac",
     root: Path = ROOT,
     latency_frames: int = DEFAULT_LATENCY_FRAMES,
+    house: bool = False,
 ) -> dict[str, object]:
-    """raopd (of the checkout `root`), started here with --output to a WAV file."""
+    """raopd (of the checkout `root`), started here with --output to a WAV file (and with
+    `house`: the metadata pipe with a reader, MQTT to a Mosquitto started here, and hooks for
+    play start/end)."""
     source = test_audio(seconds)
     with tempfile.TemporaryDirectory(prefix="raopd-bench-") as tmp:
-        daemon = Daemon(Path(tmp), [], root)
+        extra: list[str] = []
+        broker = None
+        if house:
+            broker = Broker(Path(tmp)).start()
+            fifo = Path(tmp) / "metadata"
+            os.mkfifo(fifo)
+            drain_fifo(fifo)
+            extra = [
+                "--metadata-pipe", str(fifo),
+                "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port),
+                "--run-before-play-begins", "true", "--run-after-play-ends", "true",
+            ]  # fmt: skip
+        daemon = Daemon(Path(tmp), extra, root)
         await daemon.start()
         assert daemon.process is not None
         sender = sender_for(
             "127.0.0.1", daemon.port, speed, bytes.fromhex(DEVICE_ID), codec, latency_frames
         )
         try:
-            result = await measure(sender, daemon.process.pid, source)
+            result = await measure(sender, daemon.process.pid, source, metadata=True)
         finally:
             code = await daemon.stop()
+            if broker is not None:
+                broker.stop()
         out = read_wav(daemon.output)
     return {
         "receiver": "raopd" if root == ROOT else f"raopd ({root})",
         "codec": codec,
         "sync_latency_frames": latency_frames,
+        "house": house,
         **result,
         "speed": speed,
         "bit_exact": bool(out.shape == source.shape and np.array_equal(out, source)),
@@ -222,6 +268,11 @@ def main() -> None:
     parser.add_argument(
         "--raw-output", type=Path, help="its raw S16_LE stereo output, to check (with --against)"
     )
+    parser.add_argument(
+        "--house",
+        action="store_true",
+        help="with the metadata pipe (and a reader), MQTT (a local Mosquitto) and hooks on",
+    )
     args = parser.parse_args()
     if args.against:
         if args.pid is None:
@@ -231,7 +282,14 @@ def main() -> None:
         )
     else:
         line = asyncio.run(
-            run(args.seconds, args.speed, args.codec, args.receiver_root, args.latency_frames)
+            run(
+                args.seconds,
+                args.speed,
+                args.codec,
+                args.receiver_root,
+                args.latency_frames,
+                args.house,
+            )
         )
     print(json.dumps(line))
 

@@ -358,6 +358,120 @@ class Config:
     mixer_device: str | None = _setting(
         None, "str", "ALSA mixer device", shown="the card of device", metavar="CTL"
     )
+    # metadata to other programs (shairport-sync's `metadata` section)
+    metadata_pipe: str | None = _setting(
+        None,
+        "str",
+        "FIFO to write shairport-sync's metadata items to (created if missing)",
+        shown="none",
+        topic="Metadata to other programs",
+        metavar="FIFO",
+    )
+    metadata_pipe_timeout: float = _setting(
+        5.0,
+        "float",
+        "seconds to wait for a stalled metadata pipe reader before dropping items",
+        _float_range(0.0, 60.0, " s"),
+    )
+    metadata_socket_address: str | None = _setting(
+        None,
+        "str",
+        "address (unicast or multicast) to send metadata items to over UDP",
+        shown="none",
+    )
+    metadata_socket_port: int = _setting(
+        5555, "int", "UDP port for metadata_socket_address", _int_range(1, 65535)
+    )
+    metadata_socket_msglength: int = _setting(
+        500,
+        "int",
+        "largest metadata datagram; bigger items go in chunks",
+        _int_range(500, 65000),
+    )
+    metadata_cover_art: bool = _setting(
+        True, "bool", "pass cover art on (metadata pipe, UDP, MQTT cover)"
+    )
+    # MQTT and Home Assistant (shairport-sync's `mqtt` section)
+    mqtt_host: str | None = _setting(
+        None,
+        "str",
+        "MQTT broker host name or address",
+        shown="none: MQTT off",
+        topic="MQTT and Home Assistant",
+        metavar="HOST",
+    )
+    mqtt_port: int = _setting(1883, "int", "MQTT broker port", _int_range(1, 65535))
+    mqtt_username: str | None = _setting(None, "str", "MQTT user name", shown="none")
+    mqtt_password: str | None = _setting(None, "str", "MQTT password", shown="none")
+    mqtt_topic: str | None = _setting(
+        None, "str", "MQTT topic everything is published under", shown="the speaker name"
+    )
+    mqtt_publish_parsed: bool = _setting(
+        True, "bool", "publish artist, title, volume, play_start … as their own topics"
+    )
+    mqtt_publish_raw: bool = _setting(
+        False, "bool", "publish every metadata item under <topic>/<type>/<code>"
+    )
+    mqtt_publish_cover: bool = _setting(True, "bool", "publish the cover art to <topic>/cover")
+    mqtt_publish_retain: bool = _setting(False, "bool", "publish with the MQTT retain flag")
+    mqtt_empty_payload: str = _setting(
+        "--", "str", "payload sent instead of an empty one (play_start, play_end …)"
+    )
+    mqtt_remote: bool = _setting(False, "bool", "accept remote-control commands on <topic>/remote")
+    mqtt_discovery: bool = _setting(True, "bool", "publish Home Assistant MQTT discovery")
+    mqtt_discovery_prefix: str = _setting(
+        "homeassistant", "str", "Home Assistant discovery prefix", _non_empty
+    )
+    # hooks (shairport-sync's `sessioncontrol` section)
+    run_before_play_begins: str | None = _setting(
+        None,
+        "str",
+        "command run when a stream starts",
+        shown="none",
+        topic="Hooks and webhooks",
+        metavar="COMMAND",
+    )
+    run_after_play_ends: str | None = _setting(
+        None, "str", "command run when a stream ends", shown="none"
+    )
+    run_before_entering_active_state: str | None = _setting(
+        None, "str", "command run when the receiver becomes active", shown="none"
+    )
+    run_after_exiting_active_state: str | None = _setting(
+        None,
+        "str",
+        "command run active_state_timeout after the last stream ended",
+        shown="none",
+    )
+    run_when_volume_is_set: str | None = _setting(
+        None, "str", "command run when the sender sets the volume (volume appended)", shown="none"
+    )
+    run_on_unfixable_error: str | None = _setting(
+        None, "str", "command run when raopd gives up on an error", shown="none"
+    )
+    hook_wait_for_completion: bool = _setting(
+        False,
+        "bool",
+        "hold the first audio until the start hooks finish (at most hook_timeout)",
+    )
+    hook_timeout: float = _setting(
+        10.0,
+        "float",
+        "seconds a hook may run before it is killed",
+        _float_range(0.1, 3600.0, " s"),
+    )
+    hook_shell: bool = _setting(
+        False, "bool", "run hook commands through /bin/sh (else split like a shell, no shell)"
+    )
+    active_state_timeout: float = _setting(
+        10.0,
+        "float",
+        "seconds after a stream ends before the receiver counts as inactive",
+        _float_range(0.0, 86400.0, " s"),
+    )
+    webhook_urls: str = _setting(
+        "", "str", "URLs to POST each hook event to as JSON, comma-separated", shown="none"
+    )
     # diagnostics
     log_level: str = _setting(
         "info",
@@ -730,6 +844,30 @@ _SPS_DIRECT: dict[str, str] = {
     "alsa.period_size": "period_frames",
     "alsa.buffer_size": "buffer_frames",
     "diagnostics.statistics": "statistics",
+    "metadata.socket_address": "metadata_socket_address",
+    "metadata.socket_port": "metadata_socket_port",
+    "metadata.include_cover_art": "metadata_cover_art",
+    "mqtt.hostname": "mqtt_host",
+    "mqtt.port": "mqtt_port",
+    "mqtt.username": "mqtt_username",
+    "mqtt.password": "mqtt_password",
+    "mqtt.topic": "mqtt_topic",
+    "mqtt.publish_raw": "mqtt_publish_raw",
+    "mqtt.publish_parsed": "mqtt_publish_parsed",
+    "mqtt.publish_cover": "mqtt_publish_cover",
+    "mqtt.publish_retain": "mqtt_publish_retain",
+    "mqtt.empty_payload_substitute": "mqtt_empty_payload",
+    "mqtt.enable_remote": "mqtt_remote",
+    "mqtt.enable_autodiscovery": "mqtt_discovery",
+    "mqtt.autodiscovery_prefix": "mqtt_discovery_prefix",
+    "sessioncontrol.run_this_before_play_begins": "run_before_play_begins",
+    "sessioncontrol.run_this_after_play_ends": "run_after_play_ends",
+    "sessioncontrol.run_this_before_entering_active_state": "run_before_entering_active_state",
+    "sessioncontrol.run_this_after_exiting_active_state": "run_after_exiting_active_state",
+    "sessioncontrol.run_this_when_volume_is_set": "run_when_volume_is_set",
+    "sessioncontrol.run_this_if_an_unfixable_error_is_detected": "run_on_unfixable_error",
+    "sessioncontrol.wait_for_completion": "hook_wait_for_completion",
+    "sessioncontrol.active_state_timeout": "active_state_timeout",
 }
 _SPS_PROFILES = {"flat": "flat", "standard": "tapered", "dasl_tapered": "tapered"}
 # The shairport-sync settings read with a conversion, and how (docs/configuration.md).
@@ -746,8 +884,23 @@ _SPS_CONVERTED: dict[str, tuple[str, str]] = {
     "pipe.name": ("output", 'with `output_backend = "pipe"` (default /tmp/shairport-sync-audio)'),
     "diagnostics.log_verbosity": ("log_level", "0 -> `info`, 1 -> `debug`, 2 and 3 -> `trace`"),
     "diagnostics.disable_resend_requests": ("resend", "inverted: `yes` -> `resend = false`"),
+    "metadata.enabled": (
+        "metadata_pipe",
+        "`yes` -> `metadata_pipe` = `metadata.pipe_name` (default /tmp/shairport-sync-metadata); "
+        "every other metadata setting needs it",
+    ),
+    "metadata.pipe_name": ("metadata_pipe", 'with `metadata.enabled = "yes"`'),
+    "metadata.pipe_timeout": ("metadata_pipe_timeout", "milliseconds there, seconds here"),
+    "metadata.socket_msglength": (
+        "metadata_socket_msglength",
+        "clipped to 500..65000, as shairport-sync does",
+    ),
+    "mqtt.enabled": ("mqtt_host", "`no`: every other mqtt setting is ignored (warning)"),
 }
 _SPS_DEFAULT_PIPE = "/tmp/shairport-sync-audio"  # shairport-sync's own default
+_SPS_DEFAULT_METADATA_PIPE = "/tmp/shairport-sync-metadata"
+# Settings of these sections do nothing unless the section's `enabled` is "yes".
+_SPS_NEEDS_ENABLED = ("metadata.", "mqtt.")
 
 
 def shairport_sync_mapping() -> list[tuple[str, str, str]]:
@@ -774,8 +927,30 @@ def _read_shairport_sync(path: Path, text: str) -> list[tuple[str, object, str]]
             warned.add(sps_key)
             logger.warning("%s: %s is %s; ignored", path, sps_key, why)
 
+    def enabled(section: str) -> bool:
+        flag = leaves.get(f"{section}.enabled", "no")
+        return bool(_sps_value("mqtt_remote", flag, origin(f"{section}.enabled")))
+
     for sps_key, value in leaves.items():
-        if sps_key in _SPS_DIRECT:
+        if sps_key.startswith(_SPS_NEEDS_ENABLED) and not enabled(sps_key.split(".")[0]):
+            if sps_key not in ("metadata.enabled", "mqtt.enabled"):
+                unsupported(sps_key, f'only used with {sps_key.split(".")[0]}.enabled = "yes"')
+            continue
+        if sps_key in ("metadata.enabled", "mqtt.enabled"):
+            if sps_key == "metadata.enabled":  # the pipe is on whenever metadata is
+                pipe = leaves.get("metadata.pipe_name", _SPS_DEFAULT_METADATA_PIPE)
+                out.append(("metadata_pipe", pipe, origin("metadata.pipe_name")))
+        elif sps_key == "metadata.pipe_name":
+            pass  # read with metadata.enabled
+        elif sps_key == "metadata.pipe_timeout":  # milliseconds in shairport-sync
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{origin(sps_key)} must be milliseconds, got {value!r}")
+            out.append(("metadata_pipe_timeout", min(value / 1000.0, 60.0), origin(sps_key)))
+        elif sps_key == "metadata.socket_msglength":  # shairport-sync clips it into range
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{origin(sps_key)} must be an integer, got {value!r}")
+            out.append(("metadata_socket_msglength", min(max(value, 500), 65000), origin(sps_key)))
+        elif sps_key in _SPS_DIRECT:
             key = _SPS_DIRECT[sps_key]
             out.append((key, _sps_value(key, value, origin(sps_key)), origin(sps_key)))
         elif sps_key == "general.volume_control_profile":

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import signal
 import socket
+from collections import deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -29,9 +30,9 @@ from raopd.core.clock import ClockEstimate
 from raopd.core.events import (
     AudioReady,
     ClockUpdated,
+    EndReason,
     Event,
     Flushed,
-    MetadataReceived,
     SessionEnded,
     StreamStarted,
     VolumeChanged,
@@ -40,9 +41,14 @@ from raopd.core.jitter import JitterSettings
 from raopd.core.playout import PlayoutSettings
 from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
-from raopd.core.sessionlog import clip
-from raopd.core.volume import volume_to_gain
-from raopd.errors import ConfigError, OutputError
+from raopd.core.volume import airplay_to_db, volume_to_gain
+from raopd.errors import ConfigError, OutputError, RaopError
+from raopd.house.dacp import DacpRemote
+from raopd.house.hooks import Hooks, HookSettings
+from raopd.house.house import House, start_log, start_metadata_pipe
+from raopd.house.mqtt import MqttClient, MqttSettings
+from raopd.house.sps import VolumeRange
+from raopd.house.state import SyncFigures
 from raopd.media import crypto
 from raopd.net.device_id import load_or_create_device_id
 from raopd.net.http import HttpServer
@@ -56,6 +62,9 @@ from raopd.output.statistics import format_statistics, not_as_sent
 logger = logging.getLogger(__name__)
 
 OUTPUT_STOP_TIMEOUT = 1.0  # seconds; shutdown must finish within 2 s in all
+# Audio held for play-start hooks beyond this is due before they end anyway (senders' latency
+# is 2 to 4 s), so only the newest 5 s are kept.
+MAX_HELD_FRAMES = 5 * 44100
 READINESS_POLL = 0.5  # seconds between readiness checks for the "ready"/"not ready" log line
 
 
@@ -75,6 +84,8 @@ class DaemonState:
     http: HttpServer | None = None
     # Packets the playing session had not played as sent at the previous statistics line.
     not_as_sent: tuple[RaopSession, int] | None = None
+    house: House | None = None
+    router: EventRouter | None = None
 
 
 def open_sink(config: Config) -> AudioSink:
@@ -138,48 +149,88 @@ class EventRouter:
         self._audio_end = 0
         self._estimate: ClockEstimate | None = None
         self._flush_scheduled = False
+        # The player state and its consumers (pipe, MQTT, hooks, log) get every other event.
+        self.house: House | None = None
+        self._flushed = False  # the house hears once when audio (re)starts after RECORD/FLUSH
+        # Closed while play-start hooks run with wait_for_completion: audio is held back
+        # here, then handed on when they are done; the playout skips (and counts) what is
+        # late by then, so the first note comes right after the hooks and in sync.
+        self.audio_gate: asyncio.Event | None = None
+        self._held: deque[AudioReady] = deque()
+        self._held_count = 0
+        self.held_frames = 0  # frames that waited for the hooks
+        self.held_dropped_frames = 0  # frames held longer than MAX_HELD_FRAMES, or flushed
 
     def __call__(self, session: RaopSession, event: Event) -> None:
         output = self.output
         if isinstance(event, AudioReady):
-            if self._audio and event.rtptime != self._audio_end:
-                self._submit_pending()  # not contiguous: keep the blocks apart
-            if not self._audio:
-                self._audio_rtptime = event.rtptime
-            self._audio.append(event.pcm)
-            self._audio_end = rtp_add(event.rtptime, len(event.pcm))
-            self._schedule_submit()
+            gate = self.audio_gate
+            if gate is not None:
+                if not gate.is_set():
+                    self._hold(event)
+                    return
+                if self._held:
+                    self.release_held()
+            self._accept_audio(event)
             return
         if isinstance(event, ClockUpdated):
             self._estimate = event.estimate
             return
         self._submit_pending()  # everything else keeps its order relative to the audio
+        if isinstance(event, Flushed | SessionEnded) and self.state.playing is session:
+            self._drop_held()  # held audio is the playing stream's: another session's end keeps it
         if isinstance(event, Flushed):
             # Only the stream that plays may move the output's flush point: a FLUSH before
             # RECORD has nothing there to drop, and its point would outlive the session
             # (nothing ends a stream that never started) and swallow the next sender's audio.
             if self.state.playing is session:
                 output.submit(Flush(event.until_rtptime))
+                self._flushed = True
         elif isinstance(event, VolumeChanged):
             self.set_volume(event.volume)
         elif isinstance(event, StreamStarted):
             self.state.sessions_started += 1
             self.state.playing = session
-            session.log.info(
-                "playing %s%s from %s (%s)",
-                event.params.codec.name,
-                ", encrypted" if event.params.encrypted else "",
-                clip(event.client_name or session.peer_ip),
-                clip(event.user_agent or "unknown sender"),
-            )
-        elif isinstance(event, MetadataReceived):
-            md = event.metadata
-            text = " - ".join(x for x in (md.title, md.artist, md.album) if x)
-            if text:
-                session.log.info("now playing: %s", clip(text))
+            self._flushed = True  # the first audio is a "resume" too
         elif isinstance(event, SessionEnded) and self.state.playing is session:
             self.state.playing = None
             output.submit(EndStream())
+        if self.house is not None:
+            self.house.session_event(session, event)
+
+    def _hold(self, event: AudioReady) -> None:
+        self._held.append(event)
+        self._held_count += len(event.pcm)
+        self.held_frames += len(event.pcm)
+        while self._held_count > MAX_HELD_FRAMES:
+            old = self._held.popleft()
+            self._held_count -= len(old.pcm)
+            self.held_dropped_frames += len(old.pcm)
+
+    def release_held(self) -> None:
+        """The hooks are done: the audio held for them goes on, in order."""
+        held, self._held, self._held_count = self._held, deque(), 0
+        for event in held:
+            self._accept_audio(event)
+
+    def _drop_held(self) -> None:
+        for event in self._held:
+            self.held_dropped_frames += len(event.pcm)
+        self._held.clear()
+        self._held_count = 0
+
+    def _accept_audio(self, event: AudioReady) -> None:
+        if self._audio and event.rtptime != self._audio_end:
+            self._submit_pending()  # not contiguous: keep the blocks apart
+        if not self._audio:
+            self._audio_rtptime = event.rtptime
+        self._audio.append(event.pcm)
+        self._audio_end = rtp_add(event.rtptime, len(event.pcm))
+        self._schedule_submit()
+        if self._flushed:
+            self._flushed = False
+            if self.house is not None:
+                self.house.audio_resumed()
 
     def _schedule_submit(self) -> None:
         if not self._flush_scheduled:
@@ -203,6 +254,19 @@ class EventRouter:
             self.mixer.set_volume(volume)
         elif self.apply_volume:
             self.output.submit(SetGain(self._gain(volume)))
+
+    def volume_db(self, volume: float) -> float:
+        """The attenuation in dB this volume gets (hardware or software)."""
+        if self.mixer is not None:
+            return self.mixer.target_db(volume)
+        config = self.state.config
+        return airplay_to_db(
+            volume,
+            config.volume_curve,  # type: ignore[arg-type]
+            range_db=config.volume_range_db or 60.0,
+            max_volume_db=config.volume_max_db or 0.0,
+            ignore_volume=config.ignore_volume,
+        )
 
     def _gain(self, volume: float) -> float:
         config = self.state.config
@@ -274,6 +338,99 @@ async def log_statistics(state: DaemonState, interval: float) -> None:
         await asyncio.sleep(interval)
         if state.playing is not None:
             logger.info("statistics: %s", statistics_line(state))
+
+
+def sync_figures(output: OutputThread) -> SyncFigures:
+    """The output's sync figures now, from its snapshot (the interval is not reset)."""
+    snap = output.snapshot()
+    stats = snap.playout
+    return SyncFigures(
+        sync_error_ms=stats.sync_error_ms,
+        correction_ppm=stats.correction_ppm,
+        drift_ppm=stats.source_drift_ppm,
+        frames_inserted=stats.frames_inserted,
+        frames_dropped=stats.frames_dropped,
+        underruns=snap.sink.underruns if snap.sink is not None else 0,
+        bit_exact=stats.bit_exact,
+    )
+
+
+async def start_house(
+    house: House, config: Config, stack: AsyncExitStack, router: EventRouter, device_id: str
+) -> None:
+    """The house's consumers as configured; closed (after the sessions end) with the stack."""
+    start_log(house)
+    volume_range = VolumeRange(
+        lowest_db=router.volume_db(-30.0),
+        highest_db=router.volume_db(0.0),
+        ignored=config.ignore_volume,
+    )
+    house.pipe = await start_metadata_pipe(
+        house,
+        stack,
+        pipe_path=config.metadata_pipe,
+        timeout=config.metadata_pipe_timeout,
+        socket_address=config.metadata_socket_address,
+        socket_port=config.metadata_socket_port,
+        msglength=config.metadata_socket_msglength,
+        cover_art=config.metadata_cover_art,
+        volume_range=volume_range,
+    )
+    if config.mqtt_host is not None:
+        mqtt = MqttClient(
+            MqttSettings(
+                host=config.mqtt_host,
+                port=config.mqtt_port,
+                username=config.mqtt_username,
+                password=config.mqtt_password,
+                topic=config.mqtt_topic or config.name,
+                publish_parsed=config.mqtt_publish_parsed,
+                publish_raw=config.mqtt_publish_raw,
+                publish_cover=config.mqtt_publish_cover,
+                retain=config.mqtt_publish_retain,
+                empty_payload=config.mqtt_empty_payload,
+                remote=config.mqtt_remote,
+                discovery=config.mqtt_discovery,
+                discovery_prefix=config.mqtt_discovery_prefix,
+                device_id=device_id,
+                device_name=config.name,
+                cover_art=config.metadata_cover_art,
+                volume_range=volume_range,
+            ),
+            lambda: house.fanout.state,
+            house.remote,
+        )
+        mqtt.start()
+        stack.push_async_callback(mqtt.close)
+        house.add_consumer("mqtt", mqtt)
+        house.mqtt = mqtt
+    commands = {
+        "play_start": config.run_before_play_begins,
+        "play_end": config.run_after_play_ends,
+        "active_start": config.run_before_entering_active_state,
+        "active_end": config.run_after_exiting_active_state,
+        "volume": config.run_when_volume_is_set,
+        "error": config.run_on_unfixable_error,
+    }
+    urls = tuple(u.strip() for u in config.webhook_urls.split(",") if u.strip())
+    if any(commands.values()) or urls:
+        hooks = Hooks(
+            HookSettings(
+                commands={k: v for k, v in commands.items() if v},
+                shell=config.hook_shell,
+                timeout=config.hook_timeout,
+                wait_for_completion=config.hook_wait_for_completion,
+                webhook_urls=urls,
+            )
+        )
+        house.fanout.observe(hooks.observe)
+        if hooks.holds_audio:
+            router.audio_gate = hooks.audio_gate
+            hooks.on_gate_open.append(router.release_held)
+        stack.push_async_callback(hooks.close)
+        house.add_consumer("hooks", hooks, maxlen=64)
+        house.hooks = hooks
+    stack.push_async_callback(house.close)
 
 
 def check_interfaces(setting: str) -> list[str] | None:
@@ -369,6 +526,7 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         stack.callback(output.stop, OUTPUT_STOP_TIMEOUT)
         state.output = output
         router = EventRouter(state, output)
+        state.router = router
         if config.mixer_control and router.apply_volume:
             router.mixer = open_mixer(config)
             if router.mixer is not None:
@@ -384,40 +542,65 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         arbiter.fault_source = lambda: metrics.output_fault(state)
         # The AirPort key loaded and RSA run once now, not while the first sender waits.
         crypto.warm_up()
-        server = RtspServer(
-            receiver=receiver,
-            settings=ServerSettings(
-                address=config.address,
-                port=config.port,
-                udp_port_base=config.udp_port_base,
-                udp_port_range=config.udp_port_range,
-                max_per_address=config.max_connections_per_address,
-            ),
-            session_settings=SessionSettings(
-                jitter=JitterSettings(resend=config.resend),
-                session_timeout=config.session_timeout or float("inf"),
-                idle_timeout=config.idle_timeout,
-                latency_offset=config.latency_offset,
-                initial_volume=config.default_volume,
-                # A file has no device buffer to keep ahead of; ALSA's as configured.
-                output_buffer_frames=0 if sink_is_file else config.buffer_frames,
-                output_period_frames=0 if sink_is_file else config.period_frames,
-            ),
-            arbiter=arbiter,
-            on_event=router,
+        house = House(
+            db_of=router.volume_db,
+            active_state_timeout=config.active_state_timeout,
+            sync_figures=lambda: sync_figures(output),
         )
-        server.on_event = state.totals.wrap(server.on_event)  # session totals for /metrics
-        state.totals.gain_of = router._gain if router.apply_volume else None
-        await server.start()
-        stack.push_async_callback(server.close)
-        state.server = server
+        remote = DacpRemote(
+            lambda: state.mdns.zeroconf if state.mdns is not None else None,
+            lambda: house.fanout.state,
+            house.stop,
+        )
+        house.remote = remote
+        stack.push_async_callback(remote.close)
+        await start_house(house, config, stack, router, receiver.device_id)
+        router.house = house
+        state.house = house
 
-        mdns = MdnsAdvertiser(receiver, config.port, interfaces=interfaces)
-        await mdns.start()
-        stack.push_async_callback(mdns.close)
-        state.mdns = mdns
-        watch = asyncio.create_task(log_readiness(state), name="readiness-log")
-        stack.push_async_callback(_cancel, watch)
+        try:
+            server = RtspServer(
+                receiver=receiver,
+                settings=ServerSettings(
+                    address=config.address,
+                    port=config.port,
+                    udp_port_base=config.udp_port_base,
+                    udp_port_range=config.udp_port_range,
+                    max_per_address=config.max_connections_per_address,
+                ),
+                session_settings=SessionSettings(
+                    jitter=JitterSettings(resend=config.resend),
+                    session_timeout=config.session_timeout or float("inf"),
+                    idle_timeout=config.idle_timeout,
+                    latency_offset=config.latency_offset,
+                    initial_volume=config.default_volume,
+                    # A file has no device buffer to keep ahead of; ALSA's as configured.
+                    output_buffer_frames=0 if sink_is_file else config.buffer_frames,
+                    output_period_frames=0 if sink_is_file else config.period_frames,
+                ),
+                arbiter=arbiter,
+                on_event=router,
+            )
+            house.end_session = lambda session: server.end_session(
+                session, EndReason.STOPPED_BY_REMOTE
+            )
+            server.on_event = state.totals.wrap(server.on_event)  # session totals for /metrics
+            state.totals.gain_of = router._gain if router.apply_volume else None
+            await server.start()
+            stack.push_async_callback(server.close)
+            state.server = server
 
-        await shutdown.wait()
-        logger.info("shutting down")
+            mdns = MdnsAdvertiser(receiver, config.port, interfaces=interfaces)
+            await mdns.start()
+            stack.push_async_callback(mdns.close)
+            state.mdns = mdns
+            watch = asyncio.create_task(log_readiness(state), name="readiness-log")
+            stack.push_async_callback(_cancel, watch)
+
+            await shutdown.wait()
+            logger.info("shutting down")
+        except (RaopError, OSError) as exc:
+            # Unrecoverable: the error hook runs (and is waited for) before raopd gives up.
+            house.error(f"raopd stops: {exc}")
+            await house.close(drain=config.hook_timeout + 1.0)
+            raise

@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from raopd import __version__
-from raopd.core.events import EndReason, Event, SessionEnded, VolumeChanged
+from raopd.core.events import EndReason, Event, SessionEnded
 from raopd.core.session import RaopSession, State
 from raopd.media.decoder import FrameFault
 from raopd.net.http import Response, Route
@@ -65,16 +65,14 @@ class SessionTotals:
     audio: Counter[str] = field(default_factory=Counter)  # AudioStats counters
     clock: Counter[str] = field(default_factory=Counter)  # ClockStats counters
     undecodable: Counter[str] = field(default_factory=Counter)  # by FrameFault label
-    volume: float | None = None  # the last AirPlay volume a sender set
     # AirPlay volume -> the linear gain the output applies (None: volume is not applied).
     gain_of: Callable[[float], float] | None = None
     _folded: weakref.WeakSet[RaopSession] = field(default_factory=weakref.WeakSet)
 
     def observe(self, session: RaopSession, event: Event) -> None:
         """Account for one session event (called before the daemon's own router)."""
-        if isinstance(event, VolumeChanged):
-            self.volume = event.volume
-        elif isinstance(event, SessionEnded) and session not in self._folded:
+        # Every connection's end, played or not; the player state (raopd.house) has the rest.
+        if isinstance(event, SessionEnded) and session not in self._folded:
             self._folded.add(session)
             self.ended[event.reason.value] += 1
             self.session.update(asdict(session.stats))
@@ -199,6 +197,11 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 _SESSION_COUNTERS = (
     ("rtsp_requests", "requests", "RTSP requests received"),
     ("rtsp_bad_requests", "bad_requests", "RTSP requests refused as malformed or invalid"),
+    (
+        "rtsp_oversized_requests",
+        "oversized_requests",
+        "RTSP requests refused (413) for a body over the limit, skipped unread",
+    ),
     ("datagrams", "datagrams", "UDP datagrams received on session ports"),
     ("bad_datagrams", "bad_datagrams", "UDP datagrams dropped as malformed or unexpected"),
     ("foreign_datagrams", "foreign_datagrams", "UDP datagrams dropped: not from the sender"),
@@ -375,7 +378,8 @@ class DaemonCollector(Collector):
             http.evicted if http is not None else 0,
         )
 
-        volume = totals.volume if totals.volume is not None else state.config.default_volume
+        player_volume = state.house.fanout.state.volume if state.house is not None else None
+        volume = player_volume.airplay if player_volume is not None else state.config.default_volume
         yield _gauge("raopd_volume", "AirPlay volume: -30 (quietest) to 0, -144 = mute", volume)
         yield _gauge(
             "raopd_volume_gain",
@@ -384,6 +388,101 @@ class DaemonCollector(Collector):
         )
 
         yield from self._output()
+        yield from self._house()
+
+    def _house(self) -> Iterator[Metric]:
+        """The player state's consumers (raopd.house): what they delivered, dropped, failed."""
+        house = self.state.house
+        if house is None:
+            return
+        families = {
+            "delivered": CounterMetricFamily(
+                "raopd_house_changes_delivered",
+                "Player-state changes a consumer handled",
+                labels=["consumer"],
+            ),
+            "dropped": CounterMetricFamily(
+                "raopd_house_changes_dropped",
+                "Player-state changes a slow consumer lost (its queue was full)",
+                labels=["consumer"],
+            ),
+            "failed": CounterMetricFamily(
+                "raopd_house_consumer_failures",
+                "Player-state changes whose consumer raised",
+                labels=["consumer"],
+            ),
+        }
+        totals: dict[str, Counter[str]] = {key: Counter() for key in families}
+        for subscription in house.fanout.subscriptions:
+            totals["delivered"][subscription.name] += subscription.counters.delivered
+            totals["dropped"][subscription.name] += subscription.counters.dropped
+            totals["failed"][subscription.name] += subscription.counters.failed
+        for key, family in families.items():
+            for name, value in sorted(totals[key].items()):
+                family.add_metric([name], value)
+            yield family
+        yield _counter(
+            "raopd_artwork_dropped",
+            "Cover art dropped as too large",
+            house.tracker.counters.artwork_dropped,
+        )
+        if house.pipe is not None:
+            for sink in (house.pipe.pipe, house.pipe.udp):
+                if sink is not None:
+                    kind = "pipe" if sink is house.pipe.pipe else "udp"
+                    yield _counter(
+                        f"raopd_metadata_{kind}_items_dropped",
+                        f"Metadata items not written to the {kind} (no or stalled reader)",
+                        sink.counters.items_dropped,
+                    )
+        if house.mqtt is not None:
+            yield _gauge(
+                "raopd_mqtt_connected",
+                "1 while connected to the MQTT broker",
+                house.mqtt.connected.is_set(),
+            )
+            yield _counter(
+                "raopd_mqtt_changes_dropped",
+                "Changes not published because the broker was unreachable",
+                house.mqtt.counters.dropped,
+            )
+        if house.hooks is not None:
+            hook_counters = house.hooks.counters
+            yield _counter("raopd_hook_runs", "Hook commands run", hook_counters.runs)
+            yield _counter(
+                "raopd_hook_failures",
+                "Hooks that failed or could not start",
+                hook_counters.failures,
+            )
+            yield _counter(
+                "raopd_hook_timeouts", "Hooks killed at their timeout", hook_counters.timeouts
+            )
+            yield _counter(
+                "raopd_webhook_failures",
+                "Webhook posts that failed every attempt",
+                hook_counters.webhook_failures,
+            )
+        if house.remote is not None:
+            yield _counter(
+                "raopd_remote_commands_sent", "Remote commands done", house.remote.counters.sent
+            )
+            yield _counter(
+                "raopd_remote_commands_refused",
+                "Remote commands refused (no DACP, nothing playing, sender said no)",
+                house.remote.counters.refused,
+            )
+        router = self.state.router
+        if router is not None:
+            yield _counter(
+                "raopd_audio_held_frames",
+                "Frames held back while play-start hooks ran (hook_wait_for_completion)",
+                router.held_frames,
+            )
+            yield _counter(
+                "raopd_audio_held_dropped_frames",
+                "Held frames dropped: held too long, or flushed",
+                router.held_dropped_frames,
+            )
 
     def _output(self) -> Iterator[Metric]:
         output = self.state.output

@@ -16,19 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raopd.core.audio_format import SAMPLE_RATE
-from raopd.core.events import (
-    ArtworkReceived,
-    AudioReady,
-    Event,
-    Flushed,
-    MetadataReceived,
-    ProgressReceived,
-    SessionEnded,
-    StreamStarted,
-    VolumeChanged,
-)
+from raopd.core.events import AudioReady
 from raopd.core.session import Channel, RaopSession, ReceiverInfo, SessionPorts
 from raopd.errors import CaptureError
+from raopd.house.state import Change, ChangeKind, PlayerTracker
 from raopd.output.sinks import FileSink
 from raopd.pcap import Datagram, PcapDamage, read_pcap
 
@@ -79,6 +70,7 @@ class ReplaySummary:
     ended: str = ""
     damage: str = ""
     """Why the capture cannot give the whole session ('' when it can)."""
+    tracker: PlayerTracker = field(default_factory=PlayerTracker, repr=False, compare=False)
 
     def render(self) -> str:
         """The one-screen summary."""
@@ -257,35 +249,44 @@ def _run_timers(
 
 def _drain_events(session: RaopSession, sink: FileSink | None, summary: ReplaySummary) -> None:
     while (event := session.next_event()) is not None:
-        _note_event(event, sink, summary)
+        if isinstance(event, AudioReady):  # the audio path, as the daemon's router takes it
+            if sink is not None:
+                sink.write(event.pcm)
+            summary.frames_out += len(event.pcm)
+            if event.lost:
+                summary.silent_frames += len(event.pcm)
+            continue
+        # Everything else through the daemon's own player state: one place reads events.
+        for change in summary.tracker.apply(session, event, 0.0):
+            _note_change(change, summary)
 
 
-def _note_event(event: Event, sink: FileSink | None, summary: ReplaySummary) -> None:
-    if isinstance(event, AudioReady):
-        if sink is not None:
-            sink.write(event.pcm)
-        summary.frames_out += len(event.pcm)
-        if event.lost:
-            summary.silent_frames += len(event.pcm)
-    elif isinstance(event, StreamStarted):
-        summary.user_agent = event.user_agent
-        summary.client_name = event.client_name
-        summary.codec = event.params.codec.name
-        summary.encrypted = event.params.rsaaeskey is not None
-    elif isinstance(event, Flushed):
+def _note_change(change: Change, summary: ReplaySummary) -> None:
+    state, kind = change.state, change.kind
+    if kind is ChangeKind.SENDER and state.sender is not None:
+        summary.user_agent = state.sender.user_agent
+        summary.client_name = state.sender.name
+    elif kind is ChangeKind.SENDER or kind is ChangeKind.PLAY_END:
+        summary.ended = change.reason
+    elif kind is ChangeKind.PLAY_BEGIN and state.stream is not None:
+        summary.codec = state.stream.codec
+        summary.encrypted = state.stream.encrypted
+        if state.sender is not None:
+            summary.user_agent = state.sender.user_agent or summary.user_agent
+            summary.client_name = state.sender.name or summary.client_name
+    elif kind is ChangeKind.FLUSH:
         summary.flushes += 1
-    elif isinstance(event, VolumeChanged):
-        summary.volume = event.volume
-    elif isinstance(event, MetadataReceived):
-        md = event.metadata
-        text = " / ".join(x for x in (md.title, md.artist, md.album) if x)
+    elif kind is ChangeKind.VOLUME and state.volume is not None:
+        summary.volume = state.volume.airplay
+    elif kind is ChangeKind.METADATA:
+        track = state.track
+        text = " / ".join(x for x in (track.title, track.artist, track.album) if x)
         summary.metadata.append(text or "(empty)")
-    elif isinstance(event, ArtworkReceived):
-        summary.artwork_bytes = len(event.data)
-    elif isinstance(event, ProgressReceived):
-        summary.progress = (event.start, event.current, event.end)
-    elif isinstance(event, SessionEnded):
-        summary.ended = str(event.reason)
+    elif kind is ChangeKind.ARTWORK:
+        summary.artwork_bytes = len(state.artwork.data) if state.artwork is not None else 0
+    elif kind is ChangeKind.PROGRESS and state.progress is not None:
+        progress = state.progress
+        summary.progress = (progress.start, progress.current, progress.end)
 
 
 def _fill_counters(session: RaopSession, summary: ReplaySummary) -> None:

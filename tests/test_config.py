@@ -265,17 +265,58 @@ def test_pipe_backend(tmp_path):
     assert load_config({}, {}, write(tmp_path, "s.conf", text)).output == "/run/audio"
 
 
+def test_metadata_mqtt_and_sessioncontrol_sections_read_as_they_are(tmp_path):
+    text = """
+    metadata = { enabled = "yes"; include_cover_art = "no"; pipe_timeout = 2500;
+                 socket_address = "226.0.0.1"; socket_port = 5556; socket_msglength = 65500; };
+    mqtt = { enabled = "yes"; hostname = "broker.lan"; port = 1884; topic = "living";
+             publish_raw = "yes"; publish_parsed = "yes"; publish_cover = "no";
+             publish_retain = "yes"; enable_remote = "yes"; enable_autodiscovery = "yes";
+             autodiscovery_prefix = "ha"; empty_payload_substitute = "-"; };
+    sessioncontrol = { run_this_before_play_begins = "/usr/bin/amp on";
+                       run_this_after_play_ends = "/usr/bin/amp off";
+                       run_this_before_entering_active_state = "/bin/a";
+                       run_this_after_exiting_active_state = "/bin/b";
+                       run_this_when_volume_is_set = "/bin/v";
+                       run_this_if_an_unfixable_error_is_detected = "/bin/e";
+                       wait_for_completion = "yes"; active_state_timeout = 30.0; };
+    """
+    config = load_config({}, {}, write(tmp_path, "s.conf", text))
+    assert config.metadata_pipe == "/tmp/shairport-sync-metadata"  # the default pipe name
+    assert not config.metadata_cover_art
+    assert config.metadata_pipe_timeout == 2.5  # milliseconds there, seconds here
+    assert (config.metadata_socket_address, config.metadata_socket_port) == ("226.0.0.1", 5556)
+    assert config.metadata_socket_msglength == 65000  # clipped, as shairport-sync does
+    assert (config.mqtt_host, config.mqtt_port, config.mqtt_topic) == ("broker.lan", 1884, "living")
+    assert config.mqtt_publish_raw and config.mqtt_publish_parsed and not config.mqtt_publish_cover
+    assert config.mqtt_publish_retain and config.mqtt_remote and config.mqtt_discovery
+    assert (config.mqtt_discovery_prefix, config.mqtt_empty_payload) == ("ha", "-")
+    assert config.run_before_play_begins == "/usr/bin/amp on"
+    assert config.run_after_play_ends == "/usr/bin/amp off"
+    assert config.run_before_entering_active_state == "/bin/a"
+    assert config.run_after_exiting_active_state == "/bin/b"
+    assert config.run_when_volume_is_set == "/bin/v"
+    assert config.run_on_unfixable_error == "/bin/e"
+    assert config.hook_wait_for_completion and config.active_state_timeout == 30.0
+
+
+def test_metadata_section_off_leaves_the_pipe_off(tmp_path):
+    text = 'metadata = { enabled = "no"; pipe_name = "/tmp/m"; };'
+    config = load_config({}, {}, write(tmp_path, "s.conf", text))
+    assert config.metadata_pipe is None
+
+
 def test_unsupported_settings_warn_once_each(tmp_path, caplog):
     text = """
     general = { name = "A"; interpolation = "soxr"; output_backend = "pa"; };
-    metadata = { enabled = "yes"; pipe_name = "/tmp/m"; };
-    mqtt = { enabled = "no"; };
+    dsp = { loudness = "yes"; convolution = "yes"; };
+    mqtt = { enabled = "no"; hostname = "broker"; };
     """
     with caplog.at_level(logging.WARNING, logger="raopd.config"):
         load_config({}, {}, write(tmp_path, "s.conf", text))
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 5
-    for key in ("general.interpolation", "metadata.enabled", "metadata.pipe_name", "mqtt.enabled"):
+    for key in ("general.interpolation", "dsp.loudness", "dsp.convolution", "mqtt.hostname"):
         assert sum(key in m for m in messages) == 1, key
     assert sum("general.output_backend" in m for m in messages) == 1
     assert all("\n" not in m for m in messages)

@@ -12,6 +12,7 @@ from raopd.core.arbiter import PlayArbiter
 from raopd.core.events import EndReason, SessionEnded, VolumeChanged
 from raopd.core.session import RaopSession, ReceiverInfo, SessionPorts, SessionSettings
 from raopd.daemon import DaemonState
+from raopd.house.house import House
 from raopd.net.server import RtspConnection, RtspServer, ServerSettings
 from raopd.output.player import OutputThread
 from raopd.output.sinks import AlsaSink, FileSink
@@ -145,10 +146,13 @@ async def test_totals_fold_each_session_once_and_keep_counting():
     assert gone["raopd_sessions_total"] == 2 and gone["raopd_rtsp_requests_total"] == 3
 
 
-def test_volume_and_gain():
+async def test_volume_and_gain():
     state = make_state()
     assert scrape(state)["raopd_volume"] == state.config.default_volume
-    state.totals.observe(make_session(), VolumeChanged(-20.0))
+    state.house = House()
+    session = make_session()
+    session.arbiter.claim(session)
+    state.house.session_event(session, VolumeChanged(-20.0))  # the player state has the volume
     state.totals.gain_of = lambda volume: 0.25 if volume == -20.0 else 1.0
     values = scrape(state)
     assert values["raopd_volume"] == -20.0 and values["raopd_volume_gain"] == 0.25
@@ -162,7 +166,7 @@ def test_wrap_passes_every_event_on():
     sink(session, VolumeChanged(-3.0))
     sink(session, SessionEnded(EndReason.TIMED_OUT))
     assert seen == [VolumeChanged(-3.0), SessionEnded(EndReason.TIMED_OUT)]
-    assert totals.ended["timed_out"] == 1 and totals.volume == -3.0
+    assert totals.ended["timed_out"] == 1
 
 
 def test_output_metrics(output):
@@ -195,9 +199,25 @@ async def test_clock_counters_are_scraped_and_folded():
     live = scrape(state)
     assert live["raopd_timing_rejected_total"] == 2
     assert live["raopd_sync_packets_late_total"] == 5
-    state.totals.observe(session, SessionEnded("teardown"))
+    state.totals.observe(session, SessionEnded(EndReason.TEARDOWN))
     state.server = make_server([])
     folded = scrape(state)
     assert folded["raopd_timing_rejected_total"] == 2
     assert folded["raopd_sync_packets_late_total"] == 5
     assert folded["raopd_clock_steps_total"] == 0
+
+
+async def test_house_consumers_are_counted():
+    from raopd.house.state import Change, ChangeKind, PlayerState
+
+    state = make_state()
+    state.house = House()
+    slow = state.house.fanout.subscribe("slow", maxlen=2)
+    state.house.fanout.publish(
+        [Change(ChangeKind.PROGRESS, PlayerState(), float(n)) for n in range(5)]
+    )
+    values = scrape(state)
+    assert values['raopd_house_changes_dropped_total{consumer="slow"}'] == 3
+    assert values['raopd_house_changes_delivered_total{consumer="slow"}'] == 0
+    assert values["raopd_artwork_dropped_total"] == 0
+    assert slow.pending() == 2

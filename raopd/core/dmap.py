@@ -77,6 +77,9 @@ class TrackMetadata:
     disc_number: int | None = None
     year: int | None = None
     raw: dict[str, bytes] = field(default_factory=dict)
+    # The items directly inside the outer container (normally `mlit`), in the order sent,
+    # as (tag, value bytes): what shairport-sync's metadata pipe passes on one by one.
+    items: tuple[tuple[str, bytes], ...] = ()
 
 
 def _walk(body: bytes, raw: dict[str, bytes]) -> None:
@@ -129,4 +132,23 @@ def parse_dmap(body: bytes) -> TrackMetadata:
     if "album_artist" not in strings and _ALBUM_ARTIST_FALLBACK in raw:
         strings["album_artist"] = raw[_ALBUM_ARTIST_FALLBACK].decode("utf-8", errors="replace")
     ints = {attr: _int_value(tag, raw[tag]) for tag, attr in _INT_TAGS.items() if tag in raw}
-    return TrackMetadata(**strings, **ints, raw=raw)  # type: ignore[arg-type]
+    return TrackMetadata(**strings, **ints, raw=raw, items=_top_items(bytes(body)))  # type: ignore[arg-type]
+
+
+def _top_items(body: bytes) -> tuple[tuple[str, bytes], ...]:
+    """The children of a body that is one container item, else the body's own items.
+
+    Only called after `_walk` accepted the body, so every header and length is sound.
+    """
+    if len(body) >= 8 and body[:4].decode("ascii") in CONTAINER_TAGS:
+        length = int.from_bytes(body[4:8], "big")
+        if 8 + length == len(body):
+            body = body[8:]
+    items: list[tuple[str, bytes]] = []
+    pos = 0
+    while pos + 8 <= len(body):
+        tag = body[pos : pos + 4].decode("ascii")
+        length = int.from_bytes(body[pos + 4 : pos + 8], "big")
+        items.append((tag, body[pos + 8 : pos + 8 + length]))
+        pos += 8 + length
+    return tuple(items)

@@ -92,6 +92,7 @@ class EndReason(Enum):
     INTERRUPTED = "interrupted"  # another sender took over (interruption allowed)
     EVICTED = "evicted"  # an idle connection closed to make room for a new one
     SHUTDOWN = "shutdown"  # the daemon is stopping
+    STOPPED_BY_REMOTE = "stopped_by_remote_control"  # "stop" from MQTT, a hook or the web UI
     INTERNAL_ERROR = "internal_error"  # a bug in raopd, contained to this session
 
     def __str__(self) -> str:

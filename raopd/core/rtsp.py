@@ -16,7 +16,11 @@ What it rejects, with the RTSP status to answer (`ProtocolError.status_hint`):
 - 400: malformed request line or header line, header folding, control characters,
   a bad or conflicting Content-Length;
 - 431: a header block over `max_header_bytes`, or more than `max_headers` lines;
-- 413: a body over `max_body_bytes` (4 MiB leaves room for artwork);
+- 413: a body over `max_discard_bytes` (64 MiB), which ends the connection. A body over
+  `max_body_bytes` (4 MiB leaves room for artwork) but within that is skipped as it arrives
+  (never buffered) and the request comes out with an empty body and `body_refused` set to
+  its length: the session answers 413 and the stream goes on (a 20 MB cover must not stop
+  the music);
 - 501: Transfer-Encoding (RTSP frames bodies by Content-Length only);
 - 505: a protocol version other than the three above.
 After one error the reader is dead: every later call raises the same error,
@@ -34,6 +38,7 @@ SUPPORTED_VERSIONS = frozenset({"RTSP/1.0", "HTTP/1.1", "HTTP/1.0"})
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_DISCARD_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_HEADERS = 100
 
 REASONS: dict[int, str] = {
@@ -136,6 +141,7 @@ class RtspRequest:
     version: str
     headers: Headers
     body: bytes = b""
+    body_refused: int = 0  # the length of a body over the limit, skipped unread
 
 
 def _decode_line(raw: bytes) -> str:
@@ -171,9 +177,11 @@ class RtspReader:
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_headers: int = DEFAULT_MAX_HEADERS,
+        max_discard_bytes: int = DEFAULT_MAX_DISCARD_BYTES,
     ) -> None:
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
+        self.max_discard_bytes = max(max_discard_bytes, max_body_bytes)
         self.max_headers = max_headers
         self._buf = bytearray()
         # Where the search for the blank line resumes, so feeding one byte at a
@@ -183,6 +191,8 @@ class RtspReader:
         # A parsed head waiting for its body.
         self._head: tuple[str, str, str, Headers] | None = None
         self._body_len = 0
+        self._discard = 0  # body bytes still to skip (a body over max_body_bytes)
+        self._refused = 0  # its whole length
         self._error: ProtocolError | None = None
 
     def receive_data(self, data: bytes) -> None:
@@ -211,6 +221,12 @@ class RtspReader:
         buf = self._buf
         if self._head is None and not self._find_head():
             return None
+        if self._discard:
+            skip = min(self._discard, len(buf))
+            del buf[:skip]
+            self._discard -= skip
+            if self._discard:
+                return None
         if len(buf) < self._body_len:
             return None
         assert self._head is not None
@@ -219,7 +235,8 @@ class RtspReader:
         del buf[: self._body_len]
         self._head = None
         self._body_len = 0
-        return RtspRequest(method, uri, version, headers, body)
+        refused, self._refused = self._refused, 0
+        return RtspRequest(method, uri, version, headers, body, body_refused=refused)
 
     def _find_head(self) -> bool:
         buf = self._buf
@@ -299,7 +316,11 @@ class RtspReader:
             headers.add(name, value)
         if "transfer-encoding" in headers:
             raise ProtocolError("Transfer-Encoding is not supported", 501)
-        self._body_len = self._content_length(headers)
+        length = self._content_length(headers)
+        if length > self.max_body_bytes:
+            self._discard = self._refused = length
+            length = 0
+        self._body_len = length
         self._head = (method, uri, version, headers)
 
     def _content_length(self, headers: Headers) -> int:
@@ -313,9 +334,10 @@ class RtspReader:
             raise ProtocolError(f"bad Content-Length {text[:40]!r}")
         digits = text.lstrip("0") or "0"
         # Compare by length first: int() refuses strings over 4300 digits.
-        if len(digits) > 12 or int(digits) > self.max_body_bytes:
+        if len(digits) > 12 or int(digits) > self.max_discard_bytes:
             raise ProtocolError(
-                f"body of {digits[:20]} bytes exceeds the {self.max_body_bytes}-byte limit", 413
+                f"body of {digits[:20]} bytes exceeds the {self.max_discard_bytes}-byte limit",
+                413,
             )
         return int(digits)
 

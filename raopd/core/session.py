@@ -185,6 +185,7 @@ class SessionStats:
     bad_datagrams: int = 0
     foreign_datagrams: int = 0
     resend_datagrams: int = 0
+    oversized_requests: int = 0  # bodies over the RTSP reader's limit, refused with 413
 
 
 class RaopSession:
@@ -313,6 +314,10 @@ class RaopSession:
                 self._partial_since = None
                 self._last_request = self._last_activity = now
                 self.stats.requests += 1
+                if request.body_refused:
+                    self._refuse_oversized(request, now)
+                    answered += 1
+                    continue
                 self._pending = request
             if not self._ready_to_answer(request, now):
                 return
@@ -616,6 +621,18 @@ class RaopSession:
         self.throttle.auth_failed(self.peer_ip, now)
         AUTH_FAILURES.failed(self.peer_ip, request.method, _auth_failure(request, self._nonce), now)
         return False
+
+    def _refuse_oversized(self, request: RtspRequest, now: float) -> None:
+        """A body over the limit (a 20 MB cover): 413, counted; the stream goes on."""
+        self.stats.oversized_requests += 1
+        self.log.warn_limited(
+            now,
+            "%s with a %d-byte body refused (413): over the %d-byte limit",
+            clip(_describe(request)),
+            request.body_refused,
+            self._reader.max_body_bytes,
+        )
+        self._out += bytes(RtspResponse(413, self._common_headers(request)))
 
     def _note_sender(self, request: RtspRequest) -> None:
         h = request.headers

@@ -632,6 +632,14 @@ class RtspServer:
         victim.end(EndReason.EVICTED)
         return True
 
+    def end_session(self, session: object, reason: EndReason) -> bool:
+        """End `session` from our side (remote "stop"); False when no connection holds it."""
+        for connection in list(self.connections):
+            if connection.session is session:
+                connection.end(reason)
+                return True
+        return False
+
     def end_displaced(self) -> None:
         """End the sessions the arbiter says were displaced, each under its own guard."""
         for session in self.arbiter.take_displaced():

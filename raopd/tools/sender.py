@@ -136,6 +136,11 @@ class SenderOptions:
     first_seq: int | None = None  # None: random
     first_rtptime: int | None = None  # None: random
     user_agent: str = f"raopd-sender/{__version__}"
+    # Sent on every request, as iTunes and iOS do: the receiver's "who is playing" and the
+    # keys to the sender's remote control (DACP).
+    client_name: str | None = None
+    dacp_id: str | None = None
+    active_remote: str | None = None
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -574,6 +579,35 @@ class RaopSender:
             f"volume: {volume:.6f}\r\n".encode(),
         )
 
+    async def set_metadata(self, items: Sequence[tuple[str, bytes]], rtptime: int) -> None:
+        """SET_PARAMETER with DMAP: `items` (tag, value) inside one `mlit`, applying from
+        `rtptime`."""
+        body = b"".join(tag.encode("ascii") + len(v).to_bytes(4, "big") + v for tag, v in items)
+        await self.request(
+            "SET_PARAMETER",
+            self._uri,
+            [("Content-Type", "application/x-dmap-tagged"), ("RTP-Info", f"rtptime={rtptime}")],
+            b"mlit" + len(body).to_bytes(4, "big") + body,
+        )
+
+    async def set_artwork(self, data: bytes, content_type: str, rtptime: int) -> None:
+        """SET_PARAMETER with cover art (`image/none` and no data clears it)."""
+        await self.request(
+            "SET_PARAMETER",
+            self._uri,
+            [("Content-Type", content_type), ("RTP-Info", f"rtptime={rtptime}")],
+            data,
+        )
+
+    async def set_progress(self, start: int, current: int, end: int) -> None:
+        """SET_PARAMETER progress: three RTP timestamps."""
+        await self.request(
+            "SET_PARAMETER",
+            self._uri,
+            [("Content-Type", "text/parameters")],
+            f"progress: {start}/{current}/{end}\r\n".encode(),
+        )
+
     async def play(self, pcm: npt.ArrayLike, start: float | None = None) -> None:
         """Send `pcm` (int16, (frames, 2)) in real time (times `speed`), then linger.
 
@@ -730,6 +764,13 @@ class RaopSender:
         self._cseq += 1
         lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {self._cseq}"]
         lines.append(f"User-Agent: {self.options.user_agent}")
+        for name, value in (
+            ("X-Apple-Client-Name", self.options.client_name),
+            ("DACP-ID", self.options.dacp_id),
+            ("Active-Remote", self.options.active_remote),
+        ):
+            if value is not None:
+                lines.append(f"{name}: {value}")
         if self._session is not None:
             lines.append(f"Session: {self._session}")
         if self._auth is not None and self.options.password is not None:

@@ -183,6 +183,9 @@ class Scenario:
     """Seconds between the sender's bursts: its sync stamps are that late at most."""
     settings: PlayoutSettings = field(default_factory=PlayoutSettings)
     lock_in: float = 5.0
+    # Audio produced before this local time reaches the playout only then, all at once: the
+    # daemon holding a stream's audio while play-start hooks run (hook_wait_for_completion).
+    hold_until: float | None = None
 
 
 @dataclass
@@ -192,6 +195,8 @@ class Result:
     max_abs: float
     """Worst |error| over every audio frame after lock-in (s)."""
     first_frame_error: float
+    first_audio_leave: float
+    """Local time the first audio frame (of any index) left the DAC."""
     clock_errors: np.ndarray
     """Estimate offset minus true offset (s), sampled at every pull after lock-in."""
     own_errors: np.ndarray
@@ -254,6 +259,7 @@ def simulate(s: Scenario) -> Result:
     played: list[np.ndarray] = []
     max_abs = 0.0
     first_frame_error = math.nan
+    first_audio_leave = math.nan
     while events:
         now, _, kind, payload = heapq.heappop(events)
         if now > s.seconds:
@@ -286,6 +292,8 @@ def simulate(s: Scenario) -> Result:
             payload = until
         elif kind == "pull":
             produced = sender.frames_sent_by(now)
+            if s.hold_until is not None and now < s.hold_until:
+                produced = 0
             while pushed + 352 <= produced:
                 index = np.arange(pushed, pushed + 352)
                 playout.push(rtp_add(sender.rtp0, pushed), encode(index))
@@ -306,6 +314,8 @@ def simulate(s: Scenario) -> Result:
                 step_after = np.abs(np.diff(index, append=index[-1]))
                 audio &= (step_before <= 2) | (step_after <= 2)
             if audio.any():
+                if math.isnan(first_audio_leave):
+                    first_audio_leave = float(leave[audio][0])
                 played.append(index[audio])
                 err = leave[audio] - sender.intended_local(index[audio])
                 if math.isnan(first_frame_error) and index[audio][0] == 0:
@@ -332,6 +342,7 @@ def simulate(s: Scenario) -> Result:
         errors=np.array(errors),
         max_abs=max_abs,
         first_frame_error=first_frame_error,
+        first_audio_leave=first_audio_leave,
         clock_errors=np.array(clock_errors),
         own_errors=np.array(own_errors).reshape(-1, 3),
         playout=playout,

@@ -255,14 +255,14 @@ def error_of(data: bytes, **limits) -> ProtocolError:
             "conflicting Content-Length headers ['1', '2']",
         ),
         (
-            b"X * RTSP/1.0\r\nContent-Length: 4194305\r\n\r\n",
+            b"X * RTSP/1.0\r\nContent-Length: 67108865\r\n\r\n",
             413,
-            "body of 4194305 bytes exceeds the 4194304-byte limit",
+            "body of 67108865 bytes exceeds the 67108864-byte limit",
         ),
         (
             b"X * RTSP/1.0\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
             413,
-            "body of 99999999999999999999 bytes exceeds the 4194304-byte limit",
+            "body of 99999999999999999999 bytes exceeds the 67108864-byte limit",
         ),
         (
             b"X * RTSP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -391,3 +391,24 @@ def test_response_is_readable_as_a_request_stream_shape():
 def test_response_from_a_generator_serialises_twice():
     r = RtspResponse(200, ((n, v) for n, v in [("CSeq", "4")]))
     assert bytes(r) == bytes(r) == b"RTSP/1.0 200 OK\r\nCSeq: 4\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_a_body_over_the_limit_is_skipped_unbuffered_and_the_stream_goes_on(chunk):
+    reader = RtspReader(max_body_bytes=100)
+    big = b"SET_PARAMETER * RTSP/1.0\r\nCSeq: 1\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000
+    after = b"OPTIONS * RTSP/1.0\r\nCSeq: 2\r\nContent-Length: 3\r\n\r\nabc"
+    stream = big + after
+    requests = []
+    most_buffered = 0
+    for start in range(0, len(stream), chunk):
+        reader.receive_data(stream[start : start + chunk])
+        while (request := reader.next_request()) is not None:
+            requests.append(request)
+        most_buffered = max(most_buffered, reader.buffered)
+    assert [(r.method, r.body, r.body_refused) for r in requests] == [
+        ("SET_PARAMETER", b"", 5000),
+        ("OPTIONS", b"abc", 0),
+    ]
+    if chunk < 5000:
+        assert most_buffered < 200 + chunk  # skipped as it came, never held whole

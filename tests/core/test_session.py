@@ -520,3 +520,20 @@ def test_a_sender_with_sync_latency_0_gets_a_250ms_budget():
     settings = session.audio_path.jitter.settings
     assert 0.08 < settings.repair_window < 0.1
     assert settings.resend_first_delay < settings.repair_window / 2
+
+
+def test_oversized_artwork_gets_413_and_the_session_plays_on():
+    session = make_session()
+    start(session, encrypted=False)
+    session._reader.max_body_bytes = 1000  # the real limit is 4 MiB: same path, less data
+    body = b"\xff\xd8\xff" + bytes(20_000)
+    status, _, _ = exchange(
+        session, request("SET_PARAMETER", cseq=5, body=body, Content_Type="image/jpeg")
+    )
+    assert status == 413
+    assert session.stats.oversized_requests == 1 and not session.should_close
+    status, _, _ = exchange(
+        session,
+        request("SET_PARAMETER", cseq=6, body=b"volume: -3\r\n", Content_Type="text/parameters"),
+    )
+    assert status == 200 and session.volume == -3.0

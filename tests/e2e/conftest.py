@@ -249,10 +249,13 @@ def pyatv_sender(lan: Lan, tmp_path: Path) -> Iterator[Callable[..., Sender]]:
         identifier: str = DEVICE_ID,
         ns: str | None = None,
         volume: float | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> Sender:
         args = [sys.executable, str(SENDER), str(path), "--identifier", identifier]
         if volume is not None:
             args += ["--volume", str(volume)]
+        for key, value in (metadata or {}).items():  # title, artist, album, artwork (a path)
+            args += [f"--{key}", value]
         if unicast:
             args += ["--host", lan.a_ip]
         if password is not None:

@@ -3,7 +3,8 @@
 Finds the receiver over mDNS with pyatv's public `scan` (multicast, or unicast mDNS to
 `--host`), connects with `pyatv.connect`, sets the RAOP service's password when given, and
 streams a file with `atv.stream.stream_file` (after `atv.audio.set_volume` if `--volume`
-is given). The last line on stdout is one JSON object:
+is given; with --title/--artist/--album/--artwork as its metadata when given). The last line
+on stdout is one JSON object:
 {"result": "ok"} or {"result": "error", "type": <exception class>, "message": ...}, and
 "scanned" is printed (flushed) before streaming starts so a test can tell the phases apart.
 pyatv's own log goes to stderr.
@@ -19,6 +20,7 @@ import sys
 
 import pyatv
 from pyatv.const import Protocol
+from pyatv.interface import MediaMetadata
 
 
 async def stream(args: argparse.Namespace) -> dict[str, str]:
@@ -38,11 +40,17 @@ async def stream(args: argparse.Namespace) -> dict[str, str]:
         json.dumps({"scanned": config.name, "address": str(config.address), "port": service.port}),
         flush=True,
     )
+    metadata = None
+    if args.title or args.artist or args.album or args.artwork:
+        artwork = open(args.artwork, "rb").read() if args.artwork else None  # noqa: SIM115
+        metadata = MediaMetadata(
+            title=args.title, artist=args.artist, album=args.album, artwork=artwork
+        )
     atv = await pyatv.connect(config, loop)
     try:
         if args.volume is not None:
             await atv.audio.set_volume(args.volume)
-        await atv.stream.stream_file(args.file)
+        await atv.stream.stream_file(args.file, metadata=metadata)
     finally:
         atv.close()
     return {"result": "ok"}
@@ -56,6 +64,11 @@ def main() -> int:
     parser.add_argument("--password")
     parser.add_argument("--volume", type=float, help="0-100, set before streaming")
     parser.add_argument("--timeout", type=int, default=20)
+    # Metadata pyatv sends with the stream (before RECORD): text as DMAP, the cover as JPEG.
+    parser.add_argument("--title")
+    parser.add_argument("--artist")
+    parser.add_argument("--album")
+    parser.add_argument("--artwork", help="a JPEG file")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.DEBUG,
