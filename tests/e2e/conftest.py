@@ -31,6 +31,7 @@ import pytest
 
 from tests.e2e.daemon import Daemon as LoopbackDaemon
 from tests.net.conftest import Lan, two_host_lan
+from tests.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TEST30 = REPO / "tests" / "captures" / "test30.wav"
@@ -45,18 +46,6 @@ def lan() -> Iterator[Lan]:
     """The private LAN for all end-to-end tests (root and iproute2 needed, as in CI)."""
     with two_host_lan("e", "10.78.0", loopback_ipv6=True) as network:
         yield network
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = DEADLINE) -> object:
-    """Poll `condition` until it returns something true; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------------- audio

@@ -12,24 +12,12 @@ import os
 import re
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.polling import wait_for
+
 DEADLINE = 30.0  # seconds: generous bound for a program to start or stop on a loaded box
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = DEADLINE) -> object:
-    """Poll `condition` until it returns something true; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass

@@ -8,6 +8,7 @@ ALSA_CONFIG_PATH at a configuration whose `dac` PCM names a card that does not e
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import re
@@ -25,12 +26,15 @@ from pathlib import Path
 
 import pytest
 
+from tests import polling
 from tests.e2e.daemon import DEVICE_ID, TEST30
 from tests.net.conftest import _disable_ipv6, _setns
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURE = ROOT / "tests" / "captures" / "pyatv-l16.pcap"
 DEADLINE = 60.0
+# The daemons here start and change state more slowly than most: a longer bound.
+wait_for = functools.partial(polling.wait_for, timeout=DEADLINE)
 _names = itertools.count()
 
 
@@ -77,17 +81,6 @@ def probe(ns: str, port: int, path: str = "/readyz") -> tuple[int, str]:
             return exc.code, exc.read().decode()
         except OSError as exc:
             return 0, str(exc)
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = DEADLINE) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 class Raopd:

@@ -14,6 +14,7 @@ from raopd.core.volume import MUTE, volume_to_gain
 from raopd.errors import OutputError
 from raopd.output.alsa import AlsaSink
 from raopd.output.player import OutputThread, Push, SetGain, UseClock
+from tests.polling import wait_for
 
 RATE = 44100
 RTP0 = 4_294_000_000  # close to the 32-bit wrap on purpose
@@ -35,14 +36,6 @@ def read_raw(path: Path) -> np.ndarray:
     data = path.read_bytes()
     data = data[: len(data) // 4 * 4]
     return np.frombuffer(data, "<i2").reshape(-1, 2)
-
-
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def due_soon(delay: float = 0.5) -> ClockEstimate:

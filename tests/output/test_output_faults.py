@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import wave
 from pathlib import Path
 
@@ -14,14 +13,7 @@ import pytest
 
 from raopd.output.player import OutputThread, Push
 from raopd.output.sinks import FileSink
-
-
-def wait_for(condition, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+from tests.polling import wait_for
 
 
 def stereo(frames: int, seed: int = 0) -> np.ndarray:
