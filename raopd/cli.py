@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -25,17 +26,25 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from raopd import __version__
 from raopd.config import (
+    CONFIG_FORMATS,
     FIELDS,
     Config,
     describe,
     env_name,
     load_config,
     setting_default_text,
+    setting_flags,
     setting_help,
+    setting_kind,
+    setting_metavar,
+    topics,
 )
 from raopd.errors import ConfigError, RaopError
+from raopd.stderr_log import StderrCapture
 
 EXIT_CONFIG = 2
+EXIT_DAMAGED = 3  # `raopd replay`: the capture cannot give the whole session
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `cat` in the same place
 TRACE = 5  # below DEBUG: raopd's debug output plus third-party libraries' debug output
 logging.addLevelName(TRACE, "TRACE")
 
@@ -55,77 +64,38 @@ def _help(key: str, extra: str = "") -> str:
     return f"{text} (default: {shown}; config key {key}, env {env_name(key)})".replace("%", "%%")
 
 
-# flag -> (setting key, metavar). Every one stores text; load_config parses and validates it,
-# so a bad value gets the same message from a flag, a variable or the file.
-_VALUE_OPTIONS: list[tuple[str, str, str]] = [
-    ("--name", "name", "NAME"),
-    ("--port", "port", "PORT"),
-    ("--address", "address", "IP"),
-    ("--interface", "interface", "IFACES"),
-    ("--password", "password", "SECRET"),
-    ("--device-id", "device_id", "HEX12"),
-    ("--state-dir", "state_dir", "DIR"),
-    ("--http-port", "http_port", "PORT"),
-    ("--device", "device", "PCM"),
-    ("--output", "output", "PATH"),
-    ("--latency-offset", "latency_offset", "SECONDS"),
-    ("--session-timeout", "session_timeout", "SECONDS"),
-    ("--log-level", "log_level", "LEVEL"),
-    # the house: metadata, MQTT, hooks (every other such key: config file or RAOPD_<KEY>)
-    ("--metadata-pipe", "metadata_pipe", "FIFO"),
-    ("--mqtt-host", "mqtt_host", "HOST"),
-    ("--mqtt-port", "mqtt_port", "PORT"),
-    ("--mqtt-topic", "mqtt_topic", "TOPIC"),
-    ("--active-state-timeout", "active_state_timeout", "SECONDS"),
-    ("--run-before-play-begins", "run_before_play_begins", "COMMAND"),
-    ("--run-after-play-ends", "run_after_play_ends", "COMMAND"),
-]
-_SWITCHES: list[tuple[str, str]] = [
-    ("--allow-interruption", "allow_session_interruption"),
-    ("--resend", "resend"),
-    ("--statistics", "statistics"),
-    ("--mqtt-remote", "mqtt_remote"),
-    ("--hook-wait-for-completion", "hook_wait_for_completion"),
-]
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (also used to document every option in --help)."""
+    """The argument parser: one option per setting of `raopd.config`, grouped by topic."""
     parser = _Parser(
         prog="raopd",
+        # No abbreviations: with a flag per setting, `send --volume` would be taken for an
+        # ambiguous prefix of --volume-curve & co. before the subcommand sees it.
+        allow_abbrev=False,
         description="AirPlay 1 (RAOP) receiver: plays what Macs, iPhones and other senders "
         "stream. Settings come from defaults, then the config file, then RAOPD_<KEY> "
-        "environment variables, then these options.",
-        epilog="Every setting can also go in the config file (raopd TOML with the key names "
-        "shown, or an existing shairport-sync.conf) or in RAOPD_<KEY> variables. "
-        "'raopd replay CAPTURE --output OUT' decodes a recorded session offline.",
+        "environment variables, then these options; every option below is also a config "
+        "file key and a RAOPD_<KEY> variable (docs/configuration.md).",
+        epilog="'raopd replay CAPTURE --output OUT' decodes a recorded session offline; "
+        "'raopd send FILE --host H' streams a WAV file to a receiver.",
     )
     parser.add_argument("--version", action="version", version=f"raopd {__version__}")
-    parser.add_argument(
+    general = parser.add_argument_group("Config file and output of this command")
+    general.add_argument(
         "--config",
         "-c",
         metavar="FILE",
         type=Path,
         default=argparse.SUPPRESS,
-        help="config file: raopd TOML (flat keys) or a shairport-sync.conf "
-        "(default: $RAOPD_CONFIG, else none)",
+        help="config file: raopd TOML (flat keys) or a shairport-sync.conf, told apart by "
+        "content (default: $RAOPD_CONFIG, else none)",
     )
-    for flag, key, metavar in _VALUE_OPTIONS:
-        extra = ""
-        if key == "log_level":
-            extra = "; -v/--verbose is a shorthand"
-        parser.add_argument(
-            flag, dest=key, metavar=metavar, default=argparse.SUPPRESS, help=_help(key, extra)
-        )
-    for flag, key in _SWITCHES:
-        parser.add_argument(
-            flag,
-            dest=key,
-            action=argparse.BooleanOptionalAction,
-            default=argparse.SUPPRESS,
-            help=_help(key),
-        )
-    parser.add_argument(
+    general.add_argument(
+        "--config-format",
+        choices=CONFIG_FORMATS,
+        default=argparse.SUPPRESS,
+        help="what the config file is (default: $RAOPD_CONFIG_FORMAT, else auto: by content)",
+    )
+    general.add_argument(
         "-v",
         "--verbose",
         action="count",
@@ -133,11 +103,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="more log output: -v is --log-level debug, -vv is trace (debug output of the "
         "libraries too); an explicit --log-level wins",
     )
-    parser.add_argument(
+    general.add_argument(
         "--print-config",
         action="store_true",
         help="print the effective settings as TOML (password hidden) and exit",
     )
+    # Every setting stores text (or a bool); load_config parses and validates it, so a bad
+    # value gets the same message from a flag, a variable or the file.
+    for topic, keys in topics():
+        group = parser.add_argument_group(topic)
+        for key in keys:
+            flags = setting_flags(key)
+            if setting_kind(key) == "bool":
+                group.add_argument(
+                    *flags,
+                    dest=key,
+                    action=argparse.BooleanOptionalAction,
+                    default=argparse.SUPPRESS,
+                    help=_help(key),
+                )
+                continue
+            extra = "; -v/--verbose is a shorthand" if key == "log_level" else ""
+            group.add_argument(
+                *flags,
+                dest=key,
+                metavar=setting_metavar(key),
+                default=argparse.SUPPRESS,
+                help=_help(key, extra),
+            )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     replay = commands.add_parser(
         "replay",
@@ -150,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         "-o",
         dest="replay_output",
+        metavar="OUT",
         type=Path,
-        help="where to write the audio: WAV if it ends in .wav, else raw S16_LE 44.1 kHz stereo",
+        help="where to write the audio: WAV if it ends in .wav, '-' for stdout (the summary "
+        "then goes to stderr), else raw S16_LE 44.1 kHz stereo (default: no audio written)",
     )
     _add_send_command(commands)
     return parser
@@ -271,6 +266,10 @@ def _send(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"raopd send: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    problem = _check_send_options(args)
+    if problem:
+        print(f"raopd send: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     configure_logging("info")
     try:
         report = asyncio.run(send_file(args.send_file, args.send_host, args.send_port, options))
@@ -281,6 +280,18 @@ def _send(args: argparse.Namespace) -> int:
         return 130
     print(json.dumps(report.as_dict()))
     return 0
+
+
+def _check_send_options(args: argparse.Namespace) -> str | None:
+    """What is wrong with `raopd send`'s options, found before connecting to anyone."""
+    volume = args.send_volume
+    if not (volume == -144.0 or -30.0 <= volume <= 0.0):
+        return f"--volume must be from -30 to 0 dB, or -144 (mute), got {volume:g}"
+    if args.send_linger is not None and args.send_linger < 0:
+        return f"--linger must not be negative, got {args.send_linger:g}"
+    if not args.send_file.is_file():
+        return f"{args.send_file}: no such file"
+    return None
 
 
 def flags_from_args(args: argparse.Namespace) -> dict[str, object]:
@@ -321,22 +332,38 @@ def load_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Config:
     path: Path | None = getattr(args, "config", None)
     if path is None and environ.get("RAOPD_CONFIG"):
         path = Path(environ["RAOPD_CONFIG"])
-    return load_config(flags_from_args(args), environ, path)
+    fmt = getattr(args, "config_format", None) or environ.get("RAOPD_CONFIG_FORMAT") or "auto"
+    if fmt not in CONFIG_FORMATS:
+        raise ConfigError(
+            f"RAOPD_CONFIG_FORMAT must be one of {', '.join(CONFIG_FORMATS)}, got {fmt!r}"
+        )
+    return load_config(flags_from_args(args), environ, path, fmt)
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away (`raopd ... | head`): end quietly, as `cat` would.
+
+    Python would otherwise try to flush stdout again at exit and print a second error; point
+    stdout at /dev/null so that flush succeeds.
+    """
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run raopd; returns the process exit code."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "replay":
-        from raopd.replay import replay
-
-        try:
-            summary = replay(args.capture, args.replay_output)
-        except (OSError, RaopError) as exc:
-            print(f"raopd replay: {exc}", file=sys.stderr)
-            return 1
-        print(summary.render())
-        return 0
+        return _replay(args)
 
     if args.command == "send":
         return _send(args)
@@ -350,8 +377,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.print_config:
         print(describe(config))
+        sys.stdout.flush()  # a closed pipe shows here, inside main's BrokenPipeError guard
         return 0
+    # While the daemon runs, alsa-lib's (and any C library's) stderr lines reach the log
+    # through raopd's handler, timestamped and rate-limited, instead of raw on fd 2.
+    capture = StderrCapture()
+    capture.start()
+    try:
+        code, fatal = _run_daemon(args, config)
+    finally:
+        capture.stop()
+        configure_logging(config.log_level)  # back on the restored stderr
+    if fatal:
+        print(f"raopd: {fatal}", file=sys.stderr)
+    return code
+
+
+def _run_daemon(args: argparse.Namespace, config: Config) -> tuple[int, str]:
+    """Run the daemon until it stops: (exit code, the fatal error to print or '')."""
     configure_logging(config.log_level)
+    if "password" in vars(args):
+        logger.warning(
+            "--password is visible to every user of this machine (ps, /proc/PID/cmdline); "
+            "use --password-file or RAOPD_PASSWORD instead"
+        )
 
     # The daemon pulls in sockets, ALSA and zeroconf: load it only when it is going to run.
     daemon = importlib.import_module("raopd.daemon")
@@ -359,12 +408,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(daemon.run(config))
     except ConfigError as exc:  # e.g. an address that cannot be bound is still configuration
-        print(f"raopd: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_CONFIG, str(exc)
     except (OSError, RaopError) as exc:
         logger.debug("fatal error", exc_info=True)
-        print(f"raopd: {exc}", file=sys.stderr)
-        return 1
+        return 1, str(exc)
     except KeyboardInterrupt:
-        return 130
+        return 130, ""
+    return 0, ""
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """Run `raopd replay`: audio to the output, the summary to stdout (stderr if audio is there)."""
+    from raopd.replay import replay
+
+    to_stdout = args.replay_output is not None and str(args.replay_output) == "-"
+    report = sys.stderr if to_stdout else sys.stdout
+    try:
+        summary = replay(args.capture, args.replay_output)
+    except (OSError, RaopError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
+        print(f"raopd replay: {exc}", file=sys.stderr)
+        return 1
+    print(summary.render(), file=report)
+    report.flush()
+    if summary.damage:
+        print(f"raopd replay: {summary.damage}", file=sys.stderr)
+        return EXIT_DAMAGED
     return 0

@@ -7,7 +7,9 @@ the TOML file, `RAOPD_PORT` in the environment, `--port` on the command line.
 The config file is either raopd's own TOML (flat keys, no tables) or an existing
 `shairport-sync.conf` (libconfig syntax), read as-is for the settings the two programs share;
 the rest of a shairport-sync file is named in one warning line per setting and ignored. Which
-of the two a file is follows from its extension (`.toml`; `.conf`/`.cfg`), else its content.
+of the two a file is follows from its content, whatever its name (a TOML file named
+`raopd.conf` is TOML), or from an explicit `--config-format`; a file that is neither is an
+error that quotes both parsers.
 
 Every problem is a `ConfigError` with one line that says where the bad value came from (flag,
 variable, file and line) and what is allowed; unknown keys suggest the closest valid one.
@@ -48,7 +50,7 @@ DEFAULT_HTTP_PORT = 9798
 ENV_PREFIX = "RAOPD_"
 # Environment variables with the prefix that are not settings: the CLI reads RAOPD_CONFIG as
 # the default of --config.
-ENV_RESERVED = frozenset({"RAOPD_CONFIG"})
+ENV_RESERVED = frozenset({"RAOPD_CONFIG", "RAOPD_CONFIG_FORMAT"})
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
 VOLUME_CURVES = ("tapered", "flat")
 MAX_NAME_LENGTH = 50  # what shairport-sync allows; leaves room in the 63-byte mDNS label
@@ -58,13 +60,37 @@ Check = Callable[[Any], str | None]  # returns what is wrong, or None
 
 
 def _setting(
-    default: Any, kind: Kind, help: str, check: Check | None = None, shown: str | None = None
+    default: Any,
+    kind: Kind,
+    help: str,
+    check: Check | None = None,
+    shown: str | None = None,
+    *,
+    topic: str | None = None,
+    unit: str = "",
+    metavar: str | None = None,
+    flag: str | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
-    """A Config field with what parsing, validation and --help need to know about it.
+    """A Config field with what parsing, validation, --help and the docs need to know about it.
 
-    `shown` describes the default in --help when the value itself would not say much.
+    `shown` describes the default when the value itself would not say much; `unit` is what
+    the number counts (s, dB, frames, ...). `topic` starts a new group in --help and
+    docs/configuration.md; a field without one belongs to the group of the field above it,
+    so a new setting written under its neighbours lands in the right group. `flag` replaces
+    the `--key-name` flag, `aliases` are extra flags that mean the same.
     """
-    metadata = {"kind": kind, "help": help, "check": check, "shown": shown}
+    metadata = {
+        "kind": kind,
+        "help": help,
+        "check": check,
+        "shown": shown,
+        "topic": topic,
+        "unit": unit,
+        "metavar": metavar,
+        "flag": flag,
+        "aliases": aliases,
+    }
     return field(default=default, metadata=metadata)
 
 
@@ -106,7 +132,12 @@ def _non_empty(value: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Every setting of the daemon. Field names are the keys of the file, env and flags."""
+    """Every setting of the daemon. Field names are the keys of the file, env and flags.
+
+    The order of the fields is the order of --help and docs/configuration.md; `topic=` starts
+    a group. After adding or changing a field, run `make docs` (docs/configuration.md and the
+    example config of k8s/ are generated from these fields; a test fails when they are stale).
+    """
 
     # identity and network
     name: str = _setting(
@@ -115,120 +146,178 @@ class Config:
         "speaker name senders show; %h = host name, %H = host name with a capital first "
         "letter, %v = raopd version; at most 50 characters",
         shown="%H, the host name with a capital first letter",
+        topic="Identity and network",
+        metavar="NAME",
     )
-    port: int = _setting(DEFAULT_PORT, "int", "RTSP (TCP) port", _int_range(1, 65535))
+    port: int = _setting(
+        DEFAULT_PORT, "int", "RTSP (TCP) port", _int_range(1, 65535), metavar="PORT"
+    )
     address: str = _setting(
-        "", "str", "IP address to listen on", _ip_or_empty, shown="all addresses"
+        "", "str", "IP address to listen on", _ip_or_empty, shown="all addresses", metavar="IP"
     )
     interface: str = _setting(
         "",
         "str",
-        "network interfaces to advertise on, comma-separated",
+        "network interfaces (names or addresses) to advertise on, comma-separated; an "
+        "interface that does not exist is an error",
         shown="all but loopback",
+        metavar="IFACES",
     )
-    password: str | None = _setting(None, "str", "password senders must give", shown="none")
     device_id: str | None = _setting(
         None,
         "str",
         "the 12 hex digits before '@' in the mDNS name, also used in Apple-Response",
         _device_id,
         shown="derived from a MAC address (else random) once, then kept",
+        metavar="HEX12",
     )
     state_dir: Path | None = _setting(  # noqa: RUF009 - _setting returns a dataclass field
         None,
         "path",
         "where a generated device id is kept",
         shown="$XDG_STATE_HOME/raopd, else /var/lib/raopd",
+        metavar="DIR",
     )
     http_port: int = _setting(
         DEFAULT_HTTP_PORT,
         "int",
         "HTTP port for /healthz, /readyz and /metrics (0: off)",
         _int_range(0, 65535),
+        metavar="PORT",
     )
     udp_port_base: int = _setting(
-        6001, "int", "first UDP port for audio, control and timing", _int_range(1, 65535)
+        6001,
+        "int",
+        "first UDP port for the control, timing and audio ports of a session",
+        _int_range(1, 65535),
+        metavar="PORT",
     )
     udp_port_range: int = _setting(
         # Every RTSP connection holds three ports from accept to close, and senders open two at
         # a time (iTunes' challenge connection, then the session): 10 would allow only three.
         100,
         "int",
-        "how many UDP ports from udp_port_base may be used",
+        "how many UDP ports from udp_port_base may be used (three per connection)",
         _int_range(3, 65535),
+        unit="ports",
+        metavar="N",
+    )
+    # security
+    password: str | None = _setting(
+        None,
+        "str",
+        "password senders must give; on the command line it is visible to other users of "
+        "the machine (ps): prefer password_file or RAOPD_PASSWORD",
+        shown="none",
+        topic="Security",
+        metavar="SECRET",
+    )
+    password_file: Path | None = _setting(  # noqa: RUF009 - _setting returns a dataclass field
+        None,
+        "path",
+        "read the password from this file (its first line), e.g. a mounted Kubernetes Secret",
+        shown="none",
+        metavar="FILE",
     )
     # audio output
-    device: str = _setting("default", "str", "ALSA PCM to play on", _non_empty)
+    device: str = _setting(
+        "default", "str", "ALSA PCM to play on", _non_empty, topic="Audio output", metavar="PCM"
+    )
     output: str | None = _setting(
         None,
         "str",
         "write audio to this file instead of ALSA: raw S16_LE 44.1 kHz stereo, WAV if it ends "
         "in .wav, '-' for stdout",
         shown="none: play on ALSA",
+        metavar="PATH",
     )
     # 2048 frames (46 ms): the output thread wakes once per period, and each wake-up has a
     # cost of its own; against 1024, raopd on ALSA's null device used 1.9-2.0 s of CPU per
     # audio minute instead of 2.4-2.6, with the same sync error on virtual time (worst p99
     # 0.181 against 0.179 ms, benchmarks/sync.py) and the buffer still four periods.
-    period_frames: int = _setting(2048, "int", "ALSA period size in frames", _int_range(32, 65536))
+    period_frames: int = _setting(
+        2048, "int", "ALSA period size", _int_range(32, 65536), unit="frames", metavar="FRAMES"
+    )
     buffer_frames: int = _setting(
-        8192, "int", "ALSA buffer size in frames (at least 2 periods)", _int_range(64, 1048576)
+        8192,
+        "int",
+        "ALSA buffer size (at least 2 periods)",
+        _int_range(64, 1048576),
+        unit="frames",
+        metavar="FRAMES",
     )
     # sessions
     allow_session_interruption: bool = _setting(
-        False, "bool", "let a new sender take over from the one playing"
+        False,
+        "bool",
+        "let a new sender take over from the one playing",
+        topic="Sessions",
+        aliases=("--allow-interruption",),
     )
     session_timeout: float = _setting(
         60.0,
         "float",
-        "seconds of silence from a sender before its session ends (0: never)",
+        "silence from a sender before its session ends (0: never)",
         _float_range(0.0, 86400.0, " s"),
+        unit="s",
     )
     resend: bool = _setting(True, "bool", "ask senders to resend lost packets")
     # timing
     latency_offset: float = _setting(
         0.0,
         "float",
-        "seconds added to the sender's latency (+ plays later, - earlier)",
+        "added to the sender's latency (+ plays later, - earlier)",
         _float_range(-2.0, 2.0, " s"),
+        topic="Timing and sync",
+        unit="s",
     )
     drift_tolerance: float = _setting(
         # 0.1 ms, not shairport-sync's 2 ms: corrections are single spread frames, inaudible,
         # so there is no reason to let the error grow before acting.
         0.0001,
         "float",
-        "sync error (s) tolerated before correcting drift",
+        "sync error tolerated before correcting drift",
         _float_range(0.0, 1.0, " s"),
+        unit="s",
     )
     resync_threshold: float = _setting(
         0.050,
         "float",
-        "sync error (s) that triggers a hard resync (0: never)",
+        "sync error that triggers a hard resync (0: never)",
         _float_range(0.0, 10.0, " s"),
+        unit="s",
     )
     max_correction_ppm: float = _setting(
         500.0,
         "float",
-        "largest drift correction, in parts per million",
+        "largest drift correction",
         _float_range(0.0, 10000.0, " ppm"),
+        unit="ppm",
     )
     # volume
     volume_curve: str = _setting(
-        "tapered", "str", "slider-to-dB curve: tapered or flat", _choice(VOLUME_CURVES)
+        "tapered",
+        "str",
+        "slider-to-dB curve: tapered or flat",
+        _choice(VOLUME_CURVES),
+        topic="Volume",
+        metavar="CURVE",
     )
     volume_range_db: float | None = _setting(
         None,
         "float",
-        "attenuation range of the volume slider in dB",
+        "attenuation range of the volume slider",
         _float_range(30.0, 150.0, " dB"),
         shown="the mixer's own range, or 60 in software",
+        unit="dB",
     )
     volume_max_db: float | None = _setting(
         None,
         "float",
-        "loudest level in dB relative to full scale",
+        "loudest level relative to full scale",
         _float_range(-96.0, 24.0, " dB"),
         shown="0 in software, or the mixer's maximum",
+        unit="dB",
     )
     ignore_volume: bool = _setting(False, "bool", "ignore volume changes from senders")
     default_volume: float = _setting(
@@ -240,15 +329,17 @@ class Config:
             if v == -144.0 or -30.0 <= v <= 0.0
             else "must be from -30.0 to 0.0, or -144 (mute)"
         ),
+        unit="dB",
     )
     mixer_control: str | None = _setting(
         None,
         "str",
-        "ALSA mixer control for hardware volume, e.g. PCM",
+        "ALSA mixer control for hardware volume, e.g. PCM (samples then stay bit-exact)",
         shown="none: volume in software",
+        metavar="CONTROL",
     )
     mixer_device: str | None = _setting(
-        None, "str", "ALSA mixer device", shown="the card of device"
+        None, "str", "ALSA mixer device", shown="the card of device", metavar="CTL"
     )
     # metadata to other programs (shairport-sync's `metadata` section)
     metadata_pipe: str | None = _setting(
@@ -256,6 +347,8 @@ class Config:
         "str",
         "FIFO to write shairport-sync's metadata items to (created if missing)",
         shown="none",
+        topic="Metadata to other programs",
+        metavar="FIFO",
     )
     metadata_pipe_timeout: float = _setting(
         5.0,
@@ -283,7 +376,12 @@ class Config:
     )
     # MQTT and Home Assistant (shairport-sync's `mqtt` section)
     mqtt_host: str | None = _setting(
-        None, "str", "MQTT broker host name or address", shown="none: MQTT off"
+        None,
+        "str",
+        "MQTT broker host name or address",
+        shown="none: MQTT off",
+        topic="MQTT and Home Assistant",
+        metavar="HOST",
     )
     mqtt_port: int = _setting(1883, "int", "MQTT broker port", _int_range(1, 65535))
     mqtt_username: str | None = _setting(None, "str", "MQTT user name", shown="none")
@@ -309,7 +407,12 @@ class Config:
     )
     # hooks (shairport-sync's `sessioncontrol` section)
     run_before_play_begins: str | None = _setting(
-        None, "str", "command run when a stream starts", shown="none"
+        None,
+        "str",
+        "command run when a stream starts",
+        shown="none",
+        topic="Hooks",
+        metavar="COMMAND",
     )
     run_after_play_ends: str | None = _setting(
         None, "str", "command run when a stream ends", shown="none"
@@ -354,11 +457,16 @@ class Config:
     )
     # diagnostics
     log_level: str = _setting(
-        "info", "str", "trace, debug, info, warning, error or critical", _choice(LOG_LEVELS)
+        "info",
+        "str",
+        "trace, debug, info, warning, error or critical",
+        _choice(LOG_LEVELS),
+        topic="Diagnostics",
+        metavar="LEVEL",
     )
     statistics: bool = _setting(False, "bool", "log playback statistics periodically")
     statistics_interval: float = _setting(
-        8.0, "float", "seconds between statistics lines", _float_range(0.5, 3600.0, " s")
+        8.0, "float", "time between statistics lines", _float_range(0.5, 3600.0, " s"), unit="s"
     )
 
 
@@ -371,13 +479,62 @@ def setting_help(key: str) -> str:
 
 
 def setting_default_text(key: str) -> str:
-    """The default of a setting as --help shows it."""
+    """The default of a setting as --help and the docs show it, with its unit."""
     field_ = FIELDS[key]
     if field_.metadata["shown"]:
         return str(field_.metadata["shown"])
     if isinstance(field_.default, bool):
         return "yes" if field_.default else "no"
-    return str(field_.default)
+    if field_.default == "":
+        return "empty"
+    unit = setting_unit(key)
+    return f"{field_.default} {unit}" if unit else str(field_.default)
+
+
+def setting_unit(key: str) -> str:
+    """What a setting's number counts (s, dB, frames, ...), or ''."""
+    return str(FIELDS[key].metadata.get("unit") or "")
+
+
+def _topics() -> dict[str, str]:
+    topics: dict[str, str] = {}
+    current = "Other"
+    for key, field_ in FIELDS.items():
+        current = field_.metadata.get("topic") or current
+        topics[key] = current
+    return topics
+
+
+def setting_topic(key: str) -> str:
+    """The group a setting belongs to in --help and the docs."""
+    return _TOPICS[key]
+
+
+def topics() -> list[tuple[str, list[str]]]:
+    """(topic, keys) in schema order."""
+    grouped: dict[str, list[str]] = {}
+    for key, topic in _TOPICS.items():
+        grouped.setdefault(topic, []).append(key)
+    return list(grouped.items())
+
+
+def setting_flags(key: str) -> list[str]:
+    """The command-line flags of a setting, the main one first."""
+    meta = FIELDS[key].metadata
+    main = meta.get("flag") or "--" + key.replace("_", "-")
+    return [main, *meta.get("aliases", ())]
+
+
+def setting_metavar(key: str) -> str:
+    """The placeholder of a setting's value in --help."""
+    meta = FIELDS[key].metadata
+    if meta.get("metavar"):
+        return str(meta["metavar"])
+    unit = setting_unit(key)
+    by_unit = {"s": "SECONDS", "dB": "DB", "ppm": "PPM", "frames": "FRAMES"}
+    if unit in by_unit:
+        return by_unit[unit]
+    return {"int": "N", "float": "NUMBER", "path": "PATH"}.get(setting_kind(key), "TEXT")
 
 
 def setting_kind(key: str) -> Kind:
@@ -391,21 +548,29 @@ def env_name(key: str) -> str:
     return ENV_PREFIX + key.upper()
 
 
+_TOPICS = _topics()
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 
 
 def load_config(
-    flags: Mapping[str, object], environ: Mapping[str, str], path: Path | None
+    flags: Mapping[str, object],
+    environ: Mapping[str, str],
+    path: Path | None,
+    fmt: str = "auto",
 ) -> Config:
     """Build the Config from defaults, the file at `path`, `RAOPD_*` variables and flags.
+
+    `fmt` is the file's format: "toml", "shairport-sync", or "auto" to tell by its content.
 
     `flags` holds only what the user gave on the command line, keyed by setting name; values
     may be typed already or text (parsed like environment values).
     """
     layers: list[tuple[str, object, str]] = []  # (key, value, origin) in precedence order
     if path is not None:
-        layers.extend(_read_file(path))
+        layers.extend(_read_file(path, fmt))
     for var in sorted(environ):
         if not var.startswith(ENV_PREFIX) or var in ENV_RESERVED:
             continue
@@ -432,10 +597,31 @@ def load_config(
         problem = check(value) if check is not None and value is not None else None
         if problem:
             raise ConfigError(f"{origins.get(key, 'default')}: {key} {problem}, got {value!r}")
+    _read_password_file(values, origins)
     config = Config(**values)  # type: ignore[arg-type]
     _check_name(config.name, origins.get("name", "default"))
     _check_together(config, origins)
     return config
+
+
+def _read_password_file(values: dict[str, object], origins: Mapping[str, str]) -> None:
+    """Fill `password` from `password_file`: its first line, without the line end."""
+    path = values.get("password_file")
+    if path is None:
+        return
+    origin = origins.get("password_file", "default")
+    if values.get("password") is not None:
+        raise ConfigError(
+            f"{origin}: password_file and password ({origins['password']}) are both given; keep one"
+        )
+    try:
+        text = Path(str(path)).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{origin}: cannot read password_file {path}: {exc}") from None
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        raise ConfigError(f"{origin}: password_file {path} is empty")
+    values["password"] = password
 
 
 def expand_name(template: str, hostname: str | None = None) -> str:
@@ -547,24 +733,55 @@ def _convert(key: str, raw: object, origin: str) -> object:
 # Files
 
 
-def _read_file(path: Path) -> list[tuple[str, object, str]]:
+CONFIG_FORMATS = ("auto", "toml", "shairport-sync")
+# Groups of a shairport-sync.conf: a TOML reading that finds one of these as a table is a
+# libconfig file written without semicolons, which TOML happens to accept.
+_SPS_GROUPS = frozenset(
+    {"general", "sessioncontrol", "alsa", "pipe", "stdout", "diagnostics", "metadata", "mqtt"}
+)
+
+
+def _read_file(path: Path, fmt: str = "auto") -> list[tuple[str, object, str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    if _is_libconfig(path, text):
+    if fmt == "toml":
+        return _read_toml(path, text)
+    if fmt == "shairport-sync":
         return _read_shairport_sync(path, text)
-    return _read_toml(path, text)
+    if fmt != "auto":
+        raise ConfigError(f"--config-format must be one of {', '.join(CONFIG_FORMATS)}")
+    return _read_sniffed(path, text)
 
 
-def _is_libconfig(path: Path, text: str) -> bool:
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        return False
-    if suffix in (".conf", ".cfg"):
-        return True
-    # No telling extension: a `name = {` group (or a `;` ending a setting) is libconfig.
-    return bool(re.search(r"^\s*[A-Za-z][-\w]*\s*[=:]\s*\{|;\s*$", text, re.MULTILINE))
+def _read_sniffed(path: Path, text: str) -> list[tuple[str, object, str]]:
+    """Tell raopd TOML from shairport-sync.conf by what the file holds, not by its name."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        toml_error: str | None = str(exc)
+    else:
+        toml_error = None
+        if not (set(data) & _SPS_GROUPS and any(isinstance(v, dict) for v in data.values())):
+            return _read_toml(path, text)
+    try:
+        return _read_shairport_sync(path, text)
+    except ConfigError as exc:
+        if toml_error is None:
+            raise
+        if _looks_like_libconfig(text):
+            raise  # the libconfig error says where the shairport-sync file went wrong
+        raise ConfigError(
+            f"{path} is neither raopd TOML ({toml_error}) nor a shairport-sync.conf "
+            f"({str(exc).removeprefix(str(path) + ':')}); "
+            "--config-format toml or shairport-sync says which it is meant to be"
+        ) from None
+
+
+def _looks_like_libconfig(text: str) -> bool:
+    """A `name = {` group or a `;` ending a setting: libconfig, not TOML."""
+    return bool(re.search(r"^\s*[A-Za-z][-\w]*\s*[=:]\s*\{|;\s*$|^\s*@include", text, re.MULTILINE))
 
 
 def _read_toml(path: Path, text: str) -> list[tuple[str, object, str]]:
@@ -636,10 +853,32 @@ _SPS_DIRECT: dict[str, str] = {
     "sessioncontrol.active_state_timeout": "active_state_timeout",
 }
 _SPS_PROFILES = {"flat": "flat", "standard": "tapered", "dasl_tapered": "tapered"}
+# The shairport-sync settings read with a conversion, and how (docs/configuration.md).
+_SPS_CONVERTED: dict[str, tuple[str, str]] = {
+    "general.volume_control_profile": (
+        "volume_curve",
+        "`flat` -> `flat`; `standard` and `dasl_tapered` -> `tapered`",
+    ),
+    "general.output_backend": (
+        "output",
+        '`alsa`: play on ALSA; `stdout` -> `output = "-"`; `pipe` -> `output` = `pipe.name`; '
+        "others are not supported (warning)",
+    ),
+    "pipe.name": ("output", 'with `output_backend = "pipe"` (default /tmp/shairport-sync-audio)'),
+    "diagnostics.log_verbosity": ("log_level", "0 -> `info`, 1 -> `debug`, 2 and 3 -> `trace`"),
+    "diagnostics.disable_resend_requests": ("resend", "inverted: `yes` -> `resend = false`"),
+}
 _SPS_DEFAULT_PIPE = "/tmp/shairport-sync-audio"  # shairport-sync's own default
 _SPS_DEFAULT_METADATA_PIPE = "/tmp/shairport-sync-metadata"
 # Settings of these sections do nothing unless the section's `enabled` is "yes".
 _SPS_NEEDS_ENABLED = ("metadata.", "mqtt.")
+
+
+def shairport_sync_mapping() -> list[tuple[str, str, str]]:
+    """(shairport-sync setting, raopd key, how) for every setting raopd reads from its file."""
+    rows = [(sps, key, "as is (`yes`/`no` are booleans)") for sps, key in _SPS_DIRECT.items()]
+    rows += [(sps, key, how) for sps, (key, how) in _SPS_CONVERTED.items()]
+    return sorted(rows)
 
 
 def _read_shairport_sync(path: Path, text: str) -> list[tuple[str, object, str]]:
@@ -740,6 +979,15 @@ def _sps_value(key: str, value: Value, origin: str) -> object:
     return value
 
 
+def describe_value(value: object) -> str:
+    """A value as TOML writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | Path):
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
 def describe(config: Config) -> str:
     """The effective settings as TOML lines (passwords hidden), for --print-config or logs."""
     lines = []
@@ -750,13 +998,7 @@ def describe(config: Config) -> str:
             continue
         if key == "password":
             value = "********"
-        if isinstance(value, bool):
-            shown = "true" if value else "false"
-        elif isinstance(value, str | Path):
-            shown = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-        else:
-            shown = repr(value)
-        lines.append(f"{key} = {shown}")
+        lines.append(f"{key} = {describe_value(value)}")
     return "\n".join(lines)
 
 
@@ -767,10 +1009,17 @@ __all__ = [
     "Config",
     "ConfigError",
     "describe",
+    "describe_value",
     "env_name",
     "expand_name",
     "load_config",
     "setting_default_text",
+    "setting_flags",
     "setting_help",
     "setting_kind",
+    "setting_metavar",
+    "setting_topic",
+    "setting_unit",
+    "shairport_sync_mapping",
+    "topics",
 ]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
+import socket
 from collections import deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from raopd.core.playout import PlayoutSettings
 from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
 from raopd.core.volume import airplay_to_db, volume_to_gain
-from raopd.errors import OutputError, RaopError
+from raopd.errors import ConfigError, OutputError, RaopError
 from raopd.house.dacp import DacpRemote
 from raopd.house.hooks import Hooks, HookSettings
 from raopd.house.house import House, start_log, start_metadata_pipe
@@ -61,6 +63,7 @@ OUTPUT_STOP_TIMEOUT = 1.0  # seconds; shutdown must finish within 2 s in all
 # Audio held for play-start hooks beyond this is due before they end anyway (senders' latency
 # is 2 to 4 s), so only the newest 5 s are kept.
 MAX_HELD_FRAMES = 5 * 44100
+READINESS_POLL = 0.5  # seconds between readiness checks for the "ready"/"not ready" log line
 
 
 @dataclass(slots=True)
@@ -94,8 +97,14 @@ def open_sink(config: Config) -> AudioSink:
     except OutputError as exc:
         if config.device != "default":
             # A USB DAC that is unplugged, or not enumerated yet at boot: keep running, report
-            # not ready on /readyz, and let the output thread retry it every second.
-            logger.error("%s; retrying every %.0f s", exc, alsa.retry_interval)
+            # not ready on /readyz, and let the output thread retry it with backoff.
+            logger.error(
+                "%s; retrying after %.0f s, then less often, down to every %.0f s",
+                exc,
+                alsa.retry_interval,
+                alsa.retry_max,
+            )
+            alsa.note_failure(str(exc))
             return alsa
         logger.warning(
             "no sound card found: playing to ALSA's null device (audio is discarded); "
@@ -405,6 +414,51 @@ async def start_house(
     stack.push_async_callback(house.close)
 
 
+def check_interfaces(setting: str) -> list[str] | None:
+    """The interfaces to advertise on (None: all); a name that names no interface is an error.
+
+    An address is accepted whether or not the host has it yet: that is the readiness check's
+    business (it can appear later, from DHCP), but a mistyped interface name never will.
+    """
+    names = [i.strip() for i in setting.split(",") if i.strip()]
+    known = [name for _, name in socket.if_nameindex()]
+    for name in names:
+        try:
+            ipaddress.ip_address(name.split("%", 1)[0])
+            continue
+        except ValueError:
+            pass
+        if name not in known:
+            raise ConfigError(
+                f"interface: no network interface named {name!r} on this host "
+                f"(there are: {', '.join(known)})"
+            )
+    return names or None
+
+
+async def log_readiness(state: DaemonState, interval: float = READINESS_POLL) -> None:
+    """Log "raopd ready" when /readyz would answer 200, "raopd not ready: why" when it would
+    not, once per change (the readiness check is cheap: a few attribute reads)."""
+    last: str | None = None
+    while True:
+        ready, missing = metrics.readiness(state)
+        now = "" if ready else "; ".join(missing)
+        if now != last:
+            if ready:
+                mdns = state.mdns
+                logger.info(
+                    "raopd ready: %s on port %d, %s (device id %s)",
+                    mdns.service_name if mdns else state.receiver.name,
+                    state.config.port,
+                    ", ".join(mdns.addresses) if mdns else "",
+                    state.receiver.device_id,
+                )
+            else:
+                logger.warning("raopd not ready: %s", now)
+            last = now
+        await asyncio.sleep(interval)
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -418,6 +472,7 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         shutdown = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, shutdown.set)
+    interfaces = check_interfaces(config.interface)
     hw_addr = load_or_create_device_id(config.state_dir, config.device_id)
     receiver = ReceiverInfo(name=config.name, hw_addr=hw_addr, password=config.password)
     state = DaemonState(config=config, receiver=receiver)
@@ -492,12 +547,12 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             stack.push_async_callback(server.close)
             state.server = server
 
-            interfaces = [i.strip() for i in config.interface.split(",") if i.strip()] or None
             mdns = MdnsAdvertiser(receiver, config.port, interfaces=interfaces)
             await mdns.start()
             stack.push_async_callback(mdns.close)
             state.mdns = mdns
-            logger.info("raopd ready: %s (device id %s)", mdns.service_name, receiver.device_id)
+            watch = asyncio.create_task(log_readiness(state), name="readiness-log")
+            stack.push_async_callback(_cancel, watch)
 
             await shutdown.wait()
             logger.info("shutting down")

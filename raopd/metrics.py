@@ -121,6 +121,10 @@ def readiness(state: DaemonState) -> tuple[bool, list[str]]:
         missing.append("RTSP server not listening")
     if state.mdns is None or not state.mdns.registered:
         missing.append("mDNS service not registered")
+    elif not state.mdns.addresses:
+        # Announced with no address record: no sender can find this speaker.
+        where = ", ".join(state.mdns.interfaces or ["any interface"])
+        missing.append(f"no network address to advertise on {where}")
     if state.output is None or not sink_opened(state.output.sink):
         missing.append("audio device not open")
     return not missing, missing
@@ -389,6 +393,11 @@ class DaemonCollector(Collector):
             "raopd_output_underruns",
             "ALSA underruns (the device ran dry)",
             int(getattr(output.sink, "underruns", 0)),
+        )
+        yield _counter(
+            "raopd_audio_device_reopen_attempts",
+            "Attempts to open the audio device again after it failed or was missing",
+            int(getattr(output.sink, "reopen_attempts", 0)),
         )
         stats = output.playout.stats
         yield _gauge(

@@ -66,17 +66,38 @@ class Datagram:
 
 
 @dataclass(slots=True)
+class PcapDamage:
+    """What a capture lost on its way to the file (filled in by `read_pcap`)."""
+
+    snaplen: int = 0
+    """The snapshot length in the file header: longer packets were cut to it."""
+    size: int = 0
+    """Bytes in the file."""
+    truncated_at: int | None = None
+    """File offset of a record the file ends inside (tcpdump killed, a copy cut short)."""
+    cut_records: int = 0
+    """Records stored shorter than they were on the wire."""
+    cut_udp: int = 0
+    """UDP datagrams among them (audio, control, timing): their payload is incomplete."""
+    longest_cut: int = 0
+    """The longest original length among the cut records."""
+
+
+@dataclass(slots=True)
 class _TcpDirection:
     next_seq: int | None = None
     pending: dict[int, bytes] | None = None
 
 
-def read_pcap(stream: BinaryIO) -> Iterator[Datagram]:
+def read_pcap(stream: BinaryIO, damage: PcapDamage | None = None) -> Iterator[Datagram]:
     """Yield the UDP datagrams and reassembled TCP payload chunks of a capture, in file order.
 
     Raises CaptureError for a file that is not a classic pcap or is cut inside its header.
-    A truncated final record is ignored (tcpdump killed mid-write leaves one).
+    A truncated final record ends the reading; `damage` (when given) records where, and how
+    many packets the snapshot length cut short. Cut UDP datagrams are not yielded: their
+    payload is incomplete and would only be misread.
     """
+    damage = damage if damage is not None else PcapDamage()
     header = stream.read(24)
     if len(header) < 24:
         raise CaptureError("not a pcap file: shorter than the 24-byte file header")
@@ -91,6 +112,7 @@ def read_pcap(stream: BinaryIO) -> Iterator[Datagram]:
         raise CaptureError(f"not a pcap file: unknown magic 0x{magic_le:08x}")
     divisor = 1e9 if magic == _MAGIC_NSEC else 1e6
     linktype = struct.unpack(endian + "I", header[20:24])[0] & 0x0FFFFFFF
+    damage.snaplen = struct.unpack(endian + "I", header[16:20])[0]
     record_header = struct.Struct(endian + "IIII")
     # Read it whole and slice through memoryviews: captures are a few MB, and copying each
     # layer's bytes would cost more than parsing them.
@@ -98,18 +120,31 @@ def read_pcap(stream: BinaryIO) -> Iterator[Datagram]:
     tcp: dict[tuple[Address, Address], _TcpDirection] = {}
     offset = 0
     end = len(data)
+    damage.size = end + 24
     while offset + 16 <= end:
-        seconds, fraction, captured, _original = record_header.unpack_from(data, offset)
+        seconds, fraction, captured, original = record_header.unpack_from(data, offset)
         if captured > _MAX_RECORD_BYTES:
-            raise CaptureError(f"corrupt pcap: a record claims {captured} bytes")
+            raise CaptureError(
+                f"corrupt pcap: the record at byte {offset + 24} claims {captured} bytes"
+            )
+        if offset + 16 + captured > end:
+            break
         offset += 16
-        if offset + captured > end:
-            return
         frame = data[offset : offset + captured]
         offset += captured
         ip = _strip_link(linktype, frame)
+        cut = original > captured
+        if cut:
+            damage.cut_records += 1
+            damage.longest_cut = max(damage.longest_cut, original)
         if ip is not None:
-            yield from _decode_ip(seconds + fraction / divisor, ip, tcp)
+            for datagram in _decode_ip(seconds + fraction / divisor, ip, tcp):
+                if cut and datagram.transport == "udp":
+                    damage.cut_udp += 1
+                    continue
+                yield datagram
+    if offset != end:
+        damage.truncated_at = offset + 24  # file offsets count the 24-byte file header
 
 
 def _strip_link(linktype: int, frame: memoryview) -> memoryview | None:

@@ -20,7 +20,7 @@ from raopd.core.session import Channel, RaopSession, ReceiverInfo, SessionPorts
 from raopd.errors import CaptureError
 from raopd.house.state import Change, ChangeKind, PlayerTracker
 from raopd.output.sinks import FileSink
-from raopd.pcap import Datagram, read_pcap
+from raopd.pcap import Datagram, PcapDamage, read_pcap
 
 RTSP_METHODS = (
     b"OPTIONS ",
@@ -64,6 +64,8 @@ class ReplaySummary:
     artwork_bytes: int = 0
     progress: tuple[int, int, int] | None = None
     ended: str = ""
+    damage: str = ""
+    """Why the capture cannot give the whole session ('' when it can)."""
     tracker: PlayerTracker = field(default_factory=PlayerTracker, repr=False, compare=False)
 
     def render(self) -> str:
@@ -92,6 +94,8 @@ class ReplaySummary:
             f"progress       {'/'.join(map(str, self.progress)) if self.progress else '-'}",
             f"ended          {self.ended or 'end of capture'}",
         ]
+        if self.damage:
+            lines.append(f"damaged        {self.damage}")
         return "\n".join(lines)
 
 
@@ -104,16 +108,72 @@ class Capture:
     server: tuple[str, int]
     client_ip: str
     ports: SessionPorts
+    damage: PcapDamage = field(default_factory=PcapDamage)
 
 
 def load_capture(path: Path) -> Capture:
-    """Read a capture and find its RTSP server, sender and receiver UDP ports."""
+    """Read a capture and find its RTSP server, sender and receiver UDP ports.
+
+    Raises CaptureError, saying what is wrong with the file, when it holds no session to
+    replay (no RTSP stream, packets cut by a short snapshot length, cut inside a record).
+    """
+    damage = PcapDamage()
     with path.open("rb") as stream:
-        records = list(read_pcap(stream))
-    server = _find_rtsp_server(records)
-    ports = _find_receiver_ports(records, server)
+        records = list(read_pcap(stream, damage))
+    try:
+        server = _find_rtsp_server(records)
+        ports = _find_receiver_ports(records, server)
+    except CaptureError as exc:
+        raise CaptureError(_explain(str(exc), records, damage)) from None
     client_ip = next(r.src[0] for r in records if r.transport == "tcp" and r.dst == server)
-    return Capture(path.name, records, server, client_ip, ports)
+    return Capture(path.name, records, server, client_ip, ports, damage)
+
+
+def _snaplen_text(damage: PcapDamage) -> str:
+    return (
+        f"the snapshot length {damage.snaplen} cut {damage.cut_records} packets (up to "
+        f"{damage.longest_cut} bytes on the wire); capture again with tcpdump -s 0"
+    )
+
+
+def _truncated_text(damage: PcapDamage) -> str:
+    return (
+        f"the capture is truncated at byte {damage.truncated_at} of {damage.size} (a record "
+        "there is incomplete): whatever followed is missing"
+    )
+
+
+def _explain(problem: str, records: list[Datagram], damage: PcapDamage) -> str:
+    """Why a capture has no session, as precisely as the file lets us tell."""
+    if damage.cut_records:
+        return f"{problem}: {_snaplen_text(damage)}"
+    tcp = sum(1 for r in records if r.transport == "tcp")
+    udp = len(records) - tcp
+    if damage.truncated_at is not None and damage.truncated_at < 4096:
+        return f"{problem}: {_truncated_text(damage)}"
+    if problem.startswith("no RTSP"):
+        return (
+            f"no RTSP stream in the capture ({tcp} TCP payloads, {udp} UDP datagrams, none "
+            "of them an RTSP request): capture the receiver's RTSP port (5000) as well as "
+            "its UDP ports, from before the sender connects"
+        )
+    return problem
+
+
+def _damage(capture: Capture, session: RaopSession, audio_datagrams: int) -> str:
+    """What keeps this replay from being the whole session, or ''."""
+    problems = []
+    if capture.damage.truncated_at is not None:
+        problems.append(_truncated_text(capture.damage))
+    if capture.damage.cut_udp:
+        problems.append(_snaplen_text(capture.damage))
+    if session.params is None and audio_datagrams:
+        problems.append(
+            f"{audio_datagrams} audio packets but no ANNOUNCE: the codec and (for encrypted "
+            "audio) the AES key are unknown, so nothing can be decoded; start the capture "
+            "before the sender starts playing"
+        )
+    return "; ".join(problems)
 
 
 def replay(capture: Path, output: Path | None) -> ReplaySummary:
@@ -141,6 +201,7 @@ def run_replay(capture: Capture, output: Path | None) -> ReplaySummary:
     sink = FileSink(str(output)) if output is not None else None
     if sink is not None:
         sink.open()
+    audio_datagrams = 0
     try:
         for record in records:
             _run_timers(session, record.time, sink, summary)
@@ -149,17 +210,22 @@ def run_replay(capture: Capture, output: Path | None) -> ReplaySummary:
                     session.receive_data(record.payload, record.time)
                     session.data_to_send()
             elif record.dst[0] == server[0] and record.dst[1] in channels:
+                audio_datagrams += channels[record.dst[1]] is Channel.AUDIO
                 session.datagram_received(
                     channels[record.dst[1]], record.payload, record.src, record.time
                 )
             session.datagrams_to_send()
             _drain_events(session, sink, summary)
+            if sink is not None and not sink.opened:
+                # `raopd replay X --output - | head`: the reader has all it wants.
+                raise BrokenPipeError("the output's reader closed it")
         session.finish()
         _drain_events(session, sink, summary)
     finally:
         if sink is not None:
             sink.close()
     _fill_counters(session, summary)
+    summary.damage = _damage(capture, session, audio_datagrams)
     return summary
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from raopd import cli
-from raopd.config import FIELDS, Config
+from raopd.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,8 +161,7 @@ def test_help_explains_every_option(capsys):
     assert "(default: default; config key device" in text
     assert "WAV if it ends in .wav, '-' for stdout" in text
     assert "%H, the host name with a capital first letter" in text
-    for flag, key, _ in cli._VALUE_OPTIONS:
-        assert key in FIELDS, flag
+    assert "--mixer-control CONTROL" in text and "--password-file FILE" in text
 
 
 def test_print_config(daemon, capsys):
@@ -203,3 +202,40 @@ def test_logging_is_one_line_per_record_on_stderr(capsys, daemon):
     cli.configure_logging("warning")
     log.info("hidden")
     assert capsys.readouterr().err == ""
+
+
+def test_password_on_the_command_line_warns(daemon, caplog):
+    assert cli.main(["--password", "pw"]) == 0
+    assert "--password is visible to every user of this machine" in caplog.text
+    caplog.clear()
+    assert cli.main([]) == 0
+    assert "visible" not in caplog.text
+
+
+def test_send_options_are_checked_before_connecting(capsys):
+    # 192.0.2.1 (TEST-NET-1) is never contacted: the check comes first.
+    wav = str(ROOT / "tests" / "captures" / "test30.wav")
+    assert cli.main(["send", wav, "--host", "192.0.2.1", "--volume", "5"]) == 2
+    assert capsys.readouterr().err == (
+        "raopd send: --volume must be from -30 to 0 dB, or -144 (mute), got 5\n"
+    )
+    assert cli.main(["send", wav, "--host", "192.0.2.1", "--drop", "2"]) == 2
+    assert "drop must be a probability" in capsys.readouterr().err
+    assert cli.main(["send", "/nonexistent.wav", "--host", "192.0.2.1"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_replay_help_names_its_placeholder(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["replay", "--help"])
+    out = capsys.readouterr().out
+    assert "REPLAY_OUTPUT" not in out and "--output OUT, -o OUT" in out
+
+
+def test_config_format_flag_and_variable(daemon, tmp_path, monkeypatch):
+    path = tmp_path / "cfg"
+    path.write_text('name = "Den"\n')
+    assert cli.main(["--config", str(path), "--config-format", "toml"]) == 0
+    assert daemon.configs[-1].name == "Den"
+    monkeypatch.setenv("RAOPD_CONFIG_FORMAT", "bogus")
+    assert cli.main(["--config", str(path)]) == 2

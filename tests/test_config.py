@@ -185,7 +185,10 @@ def test_toml_errors(tmp_path):
     assert "port must be an integer, got 5000.5" in error_of(
         path=write(tmp_path, "c.toml", "port = 5000.5\n")
     )
-    assert "not valid TOML" in error_of(path=write(tmp_path, "d.toml", "port = = 1\n"))
+    bad = write(tmp_path, "d.toml", "port = = 1\n")
+    assert "is neither raopd TOML (Invalid value (at line 1, column 8))" in error_of(path=bad)
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config({}, {}, bad, "toml")
     assert "cannot read config file" in error_of(path=tmp_path / "missing.toml")
     message = error_of(path=write(tmp_path, "e.toml", "resend = 1\n"))
     assert "e.toml: resend: resend must be true or false, got 1" in message
@@ -382,3 +385,44 @@ def test_libconfig_syntax():
 def test_libconfig_never_crashes(text):
     with pytest.raises(ConfigError, match=r"^<config>:\d+:\d+: "):
         parse_libconfig(text)
+
+
+# -- format by content, password file --------------------------------------------------------
+
+
+def test_format_follows_content_not_name(tmp_path, caplog):
+    """A TOML file named raopd.conf is TOML; a shairport-sync file named .toml is libconfig."""
+    with caplog.at_level(logging.WARNING, logger="raopd.config"):
+        toml = load_config({}, {}, write(tmp_path, "raopd.conf", EQUIVALENT_TOML))
+    assert toml.name == "Kitchen" and not caplog.records
+    sps = load_config({}, {}, write(tmp_path, "weird.toml", SPS_CONFIGMAP))
+    assert sps == toml
+
+
+def test_a_file_that_is_neither_says_so(tmp_path):
+    path = write(tmp_path, "raopd.conf", "this is not a config file\n")
+    message = error_of(path=path)
+    assert message.startswith(f"{path} is neither raopd TOML (")
+    assert "nor a shairport-sync.conf (" in message and "--config-format" in message
+
+
+def test_explicit_config_format(tmp_path):
+    path = write(tmp_path, "x", 'name = "Den"\n')
+    assert load_config({}, {}, path, "toml").name == "Den"
+    # The same line read as shairport-sync.conf is a top-level setting it does not know.
+    assert load_config({}, {}, path, "shairport-sync").name != "Den"
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config({}, {}, write(tmp_path, "y", SPS_CONFIGMAP), "toml")
+
+
+def test_password_file(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\nignored\n")
+    assert load_config({"password_file": str(secret)}, {}, None).password == "s3cret"
+    env = {"RAOPD_PASSWORD_FILE": str(secret)}
+    assert load_config({}, env, None).password == "s3cret"
+    assert "both given" in error_of(flags={"password": "x"}, env=env)
+    assert "cannot read password_file" in error_of(env={"RAOPD_PASSWORD_FILE": "/nonexistent"})
+    (tmp_path / "empty").write_text("")
+    assert "is empty" in error_of(env={"RAOPD_PASSWORD_FILE": str(tmp_path / "empty")})
+    assert load_config({}, {"RAOPD_PASSWORD": "envpw"}, None).password == "envpw"

@@ -41,6 +41,31 @@ same both ways.
 Sync packets are not used as one-way samples: real senders stamp them some ms before sending
 (cliraop: about 4 ms in the captures), which would bias the backward envelope.
 
+Outliers (issue 10). Once 8 exchanges are in, an exchange whose forward or backward delay lies
+below its envelope by more than `2 ms + measured jitter + 200 ppm x time since the last kept
+exchange` is not a lucky fast packet but an offset that disagrees with the estimate (a forged
+reply that echoes one of our origins, a sender clock that was set): it is counted in
+`stats.rejected` and not used. One such reply can therefore move the estimate by at most that
+allowance. Recovery from a real step (the sender's clock was set): when 8 consecutive
+exchanges are rejected and agree with each other (their offsets within twice the allowance),
+the estimator restarts from them, counted in `stats.steps`; the sync anchor restarts too, as its
+stamps are in the sender's clock. Until then the old estimate stays in use.
+
+The RTP anchor (`SyncAnchor`). Some senders stamp sync packets late: node-airtunes2 sends in
+100 ms bursts and stamps each sync packet when its burst goes out, so the stamp is 0..100 ms
+after the time of the frame it names. Taking each sync at face value moved the whole timeline
+by up to 100 ms once a second (hard resyncs). A stamp can be late but is never early, so the
+relation is fitted to the *lower envelope* of the syncs: y = stamp - rtp_now / rate against
+x = rtp_now / rate over the last 120 s (at most 256 syncs); the line under all points that
+touches the hull where the points are (the linear-programming fit of one-sided noise) gives the
+RTP clock's rate against the sender clock (shrunk towards 0 by its uncertainty, 0 for the first
+30 s) and its offset. A late stamp lies above the line and moves nothing; an earlier one (a
+better stamp) lowers it. With uniform lateness of width J the envelope is about J / (n + 1) late
+after n syncs. A sync more than 250 ms off the line is counted as rejected; three such in a row
+that agree with each other, or one flagged as the first of a stream (0x90), are a discontinuity
+the sender meant: the anchor restarts from them (`stats.anchor_resets`). `flushed()` (a FLUSH)
+restarts it at the next sync.
+
 Schedule. The envelope needs many exchanges, and a drift that is only poorly known early on
 must be pinned by recent samples, so requests are sent 10 ms apart at first, until there are
 100 samples per ms of measured jitter (at least 300 = 3 s, at most 2000 = 20 s; measured jitter =
@@ -71,6 +96,7 @@ against drift uncertainty. On the recorded loopback captures (RTT 30 us..3 ms, 1
 all of them predict each next exchange within 2 ms (median under 0.3 ms).
 """
 
+import itertools
 import math
 import statistics
 from bisect import bisect_left
@@ -102,6 +128,26 @@ hull from every kept point on every reply once the horizon was full (1.2 ms per 
 
 MAX_RTT = 0.200
 """Replies with a longer round trip say more about the network than about the clocks."""
+
+REJECT_AFTER = 8
+"""Exchanges kept before outliers can be told apart (and the step confirmations needed)."""
+REJECT_FLOOR = 0.002
+"""Allowance (s) under the envelope before an exchange counts as an outlier: sender clocks have
+1 ms steps (node-airtunes2), so a legitimate sample can sit up to ~1 ms under its envelope."""
+REJECT_DRIFT = 200e-6
+"""Drift allowance per second since the last kept exchange (crystals: +-100 ppm each end)."""
+
+STAMP_LIMIT = 0.250
+"""A sync stamp this far (s) off the anchor line is not a late stamp but a discontinuity."""
+ANCHOR_CONFIRM = 3
+"""Consecutive off-line syncs that agree with each other before the anchor restarts on them."""
+ANCHOR_HORIZON = 120.0
+"""Seconds of RTP time the anchor fit looks back."""
+ANCHOR_MAX_POINTS = 256
+ANCHOR_SLOPE_SPAN = 30.0
+"""The RTP rate against the sender clock is assumed exact until syncs span this long (s)."""
+LATE_STAMP = 0.001
+"""A sync stamp this much (s) above the anchor line counts as late in the statistics."""
 
 _NS = 1_000_000_000
 _LOCAL_EPOCH_NS = NTP_EPOCH_OFFSET * _NS
@@ -363,12 +409,163 @@ class ClockStats:
     """Replies whose origin echoes no request we sent (or one we already used)."""
     syncs: int = 0
     last_rtt_ms: float = math.nan
+    rejected: int = 0
+    """Exchanges inconsistent with the estimate (beyond jitter and drift): not used."""
+    steps: int = 0
+    """Times the estimator restarted on a confirmed step of the sender's clock."""
+    syncs_late: int = 0
+    """Sync packets stamped more than 1 ms later than the anchor line (ignored by the fit)."""
+    syncs_rejected: int = 0
+    """Sync packets more than 250 ms off the anchor line (held as discontinuity candidates)."""
+    anchor_resets: int = 0
+    """Anchor restarts: after a FLUSH, a sync flagged first, or confirmed off-line syncs."""
+    stamp_spread_ms: float = 0.0
+    """How far above the anchor line the window's sync stamps reach (90th percentile, ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorLine:
+    """stamp = x + intercept + slope * x, with x = RTP frames since the anchor's base / rate."""
+
+    intercept: float
+    slope: float
+
+    def at(self, x: float) -> float:
+        return self.intercept + self.slope * x
+
+
+class SyncAnchor:
+    """RTP time <-> sender clock, fitted to the lower envelope of the sync packets' stamps.
+
+    See the module docstring. `add()` returns True when the line may have changed. Times are
+    kept relative to the first sync (RTP unwrapped, stamps in s) so floats keep ns resolution.
+    """
+
+    def __init__(self, rate: int, stats: ClockStats) -> None:
+        self.rate = rate
+        self.stats = stats
+        self._points: deque[tuple[float, float]] = deque()  # (x, y = stamp - x)
+        self._candidates: list[SyncPacket] = []
+        self._base_ns = 0
+        self._base_rtp = 0
+        self._last_rtp = 0
+        self._last_ext = 0
+        self._line: AnchorLine | None = None
+        self._restart = False
+
+    def clear(self) -> None:
+        """Forget every sync: the next one starts a new anchor (after a FLUSH)."""
+        self._restart = bool(self._points) or self._restart
+        self._points.clear()
+        self._candidates.clear()
+        self._line = None
+
+    @property
+    def ready(self) -> bool:
+        return self._line is not None
+
+    def _xy(self, packet: SyncPacket) -> tuple[float, float, int]:
+        ext = self._last_ext + rtp_diff(packet.rtptime_now, self._last_rtp)
+        x = ext / self.rate
+        return x, (ntp_to_ns(packet.ntp) - self._base_ns) / _NS - x, ext
+
+    def _start(self, packets: list[SyncPacket]) -> None:
+        first = packets[0]
+        if self._restart:
+            self.stats.anchor_resets += 1
+        self._restart = False
+        self._points.clear()
+        self._candidates.clear()
+        self._base_ns = ntp_to_ns(first.ntp)
+        self._base_rtp = self._last_rtp = first.rtptime_now
+        self._last_ext = 0
+        for packet in packets:
+            x, y, ext = self._xy(packet)
+            self._points.append((x, y))
+            self._last_rtp, self._last_ext = packet.rtptime_now, ext
+        self._fit()
+
+    def add(self, packet: SyncPacket) -> bool:
+        """One sync packet; True when the anchor line was (re)computed."""
+        if self._line is None:
+            self._start([packet])
+            return True
+        x, y, ext = self._xy(packet)
+        newest = self._points[-1][0]
+        residual = y - self._line.at(x)
+        allowance = STAMP_LIMIT + DRIFT_LIMIT * abs(x - newest)
+        if abs(residual) > allowance:
+            self.stats.syncs_rejected += 1
+            if packet.first:
+                self._restart = True
+                self._start([packet])
+                return True
+            self._candidates.append(packet)
+            if len(self._candidates) >= ANCHOR_CONFIRM:
+                ys = [self._xy(p)[1] for p in self._candidates[-ANCHOR_CONFIRM:]]
+                if max(ys) - min(ys) <= STAMP_LIMIT:
+                    self._restart = True
+                    self._start(self._candidates[-ANCHOR_CONFIRM:])
+                    return True
+            return False
+        self._candidates.clear()
+        if residual > LATE_STAMP:
+            self.stats.syncs_late += 1
+        self._last_rtp, self._last_ext = packet.rtptime_now, ext
+        points = self._points
+        points.append((x, y))
+        while len(points) > ANCHOR_MAX_POINTS or points[0][0] < x - ANCHOR_HORIZON:
+            points.popleft()
+        self._fit()
+        return True
+
+    def _fit(self) -> None:
+        points = sorted(self._points)
+        span = points[-1][0] - points[0][0]
+        slope = 0.0
+        if span >= ANCHOR_SLOPE_SPAN and len(points) >= 8:
+            hull = _lower_hull(points)
+            mean_x = sum(p[0] for p in points) / len(points)
+            # The edge over the points' mean x minimises the summed height above the line.
+            for (ax, ay), (bx, by) in itertools.pairwise(hull):
+                if ax <= mean_x <= bx:
+                    slope = (by - ay) / (bx - ax)
+                    break
+            slope = max(-DRIFT_LIMIT, min(DRIFT_LIMIT, slope))
+        intercept = min(y - slope * x for x, y in points)
+        residuals = sorted(y - slope * x - intercept for x, y in points)
+        spread = residuals[int(0.9 * (len(residuals) - 1))]
+        if slope:
+            # The edge's ends sit up to `spread` above the truth each: shrink by that error.
+            error = 2.0 * spread / span
+            slope *= DRIFT_PRIOR**2 / (DRIFT_PRIOR**2 + error**2)
+            intercept = min(y - slope * x for x, y in points)
+        self.stats.stamp_spread_ms = spread * 1e3
+        self._line = AnchorLine(intercept, slope)
+
+    def sender_ns(self, rtptime: int) -> int:
+        """Sender-clock time (ns) of frame `rtptime` on the anchor line (near the newest sync)."""
+        assert self._line is not None
+        x = (self._last_ext + rtp_diff(rtptime, self._last_rtp)) / self.rate
+        return self._base_ns + round((x + self._line.at(x)) * _NS)
 
 
 @dataclass(slots=True)
 class _Pending:
     sent: float
     origin: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Exchange:
+    """One answered request: midpoint (local s), one-way delays with the offset in (ns)."""
+
+    middle: float
+    forward_ns: int
+    """T2 - T1: outbound delay + offset."""
+    backward_ns: int
+    """T4 - T3: return delay - offset."""
+    rtt_ns: int
 
 
 # Requests sent without a single usable reply after which the fast phase pauses.
@@ -440,9 +637,14 @@ class ClockSync:
         self._next_request: float | None = None
         self._sent = 0
         self._sync: SyncPacket | None = None
+        self._anchor = SyncAnchor(rate, self.stats)
         self._estimate: ClockEstimate | None = None
         self._offset = 0.0  # seconds relative to _base_ns, at _reference
         self._reference = 0.0
+        # The envelope lines of the last solve: (drift, forward at t=0, backward at t=0).
+        self._lines: tuple[float, float, float] | None = None
+        self._last_kept = 0.0  # midpoint of the last exchange used
+        self._suspects: list[_Exchange] = []  # consecutive rejected exchanges
 
     # -- timing channel -------------------------------------------------------------------------
 
@@ -500,27 +702,89 @@ class ClockSync:
         if not 0 <= rtt_ns <= MAX_RTT * _NS:
             self.stats.discarded_rtt += 1
             return
+        exchange = _Exchange((pending.sent + now) / 2, t2 - t1, t4 - t3, rtt_ns)
+        if self._base_ns is not None and self._is_outlier(exchange):
+            self.stats.rejected += 1
+            self._suspects.append(exchange)
+            if self._step_confirmed():
+                self._restart(self._suspects)
+            return
+        self._suspects.clear()
+        self._keep(exchange)
+
+    def _keep(self, exchange: _Exchange) -> None:
         self._accepted += 1
-        self._rtts.append(rtt_ns / _NS)
-        offset_ns = ((t2 - t1) + (t3 - t4)) // 2
+        self._rtts.append(exchange.rtt_ns / _NS)
+        offset_ns = (exchange.forward_ns - exchange.backward_ns) // 2
         if self._base_ns is None:
             self._base_ns = offset_ns
         base = self._base_ns
         # Both one-way delays at the exchange's midpoint, the offset base taken out so floats
         # keep ns resolution: forward = delay + offset, backward = delay - offset.
-        middle = (pending.sent + now) / 2
-        self._forward.add(middle, (t2 - t1 - base) / _NS)
-        self._backward.add(middle, (t4 - t3 + base) / _NS)
+        middle = exchange.middle
+        self._last_kept = middle
+        self._forward.add(middle, (exchange.forward_ns - base) / _NS)
+        self._backward.add(middle, (exchange.backward_ns + base) / _NS)
         slack = self.horizon * EXPIRY_SLACK
         self._forward.expire(middle - self.horizon, _MAX_POINTS, slack)
         self._backward.expire(middle - self.horizon, _MAX_POINTS, slack)
-        self.add_sample(TimingSample(middle, (offset_ns - base) / _NS, rtt_ns / _NS))
+        self.add_sample(TimingSample(middle, (offset_ns - base) / _NS, exchange.rtt_ns / _NS))
+
+    def _allowance(self, middle: float) -> float:
+        """How far under its envelope (s) a legitimate exchange can be, at time `middle`."""
+        return REJECT_FLOOR + (self.jitter() or 0.0) + REJECT_DRIFT * abs(middle - self._last_kept)
+
+    def _is_outlier(self, exchange: _Exchange) -> bool:
+        """The exchange disagrees with the estimate by more than jitter and drift allow."""
+        if self._accepted < REJECT_AFTER or self._base_ns is None:
+            return False
+        base, t = self._base_ns, exchange.middle
+        allowance = self._allowance(t)
+        if self._lines is not None:
+            drift, forward, backward = self._lines
+            below_f = forward + drift * t - (exchange.forward_ns - base) / _NS
+            below_b = backward - drift * t - (exchange.backward_ns + base) / _NS
+            return max(below_f, below_b) > allowance
+        offset = ((exchange.forward_ns - exchange.backward_ns) / 2 - base) / _NS
+        predicted = self._offset + self._drift * (t - self._reference)
+        return abs(offset - predicted) > exchange.rtt_ns / _NS / 2 + allowance
+
+    def _step_confirmed(self) -> bool:
+        """REJECT_AFTER rejected exchanges in a row that agree with each other: a real step."""
+        suspects = self._suspects
+        if len(suspects) < REJECT_AFTER:
+            return False
+        del suspects[:-REJECT_AFTER]
+        offsets = [(e.forward_ns - e.backward_ns) / 2 / _NS for e in suspects]
+        return max(offsets) - min(offsets) <= 2 * self._allowance(suspects[0].middle)
+
+    def _restart(self, exchanges: list[_Exchange]) -> None:
+        """The sender's clock was set: start the estimate again from the exchanges that say so.
+
+        The sync anchor restarts too (its stamps are in the old clock); the estimate already
+        handed out stays in use until the next sync packet, and it is still right in local
+        time, as both of its halves were in the old clock.
+        """
+        self.stats.steps += 1
+        kept = list(exchanges)
+        self._suspects.clear()
+        self._forward = _Envelope()
+        self._backward = _Envelope()
+        self._samples.clear()
+        self._base_ns = None
+        self._lines = None
+        self._accepted = 0
+        self._anchor.clear()
+        self._sync = None
+        for exchange in kept:
+            self._keep(exchange)
 
     def add_sample(self, sample: TimingSample) -> None:
         """Keep one sample (offset relative to the first) and refresh the estimate."""
         self._samples.append(sample)
         if self._filter is None:
             drift, forward, backward = solve_envelopes(self._forward, self._backward, DRIFT_LIMIT)
+            self._lines = (drift, forward, backward)
             self._drift = drift
             self._reference = sample.local
             self._offset = (forward - backward) / 2 + drift * sample.local
@@ -560,10 +824,15 @@ class ClockSync:
     # -- control channel ------------------------------------------------------------------------
 
     def sync_received(self, packet: SyncPacket, now: float) -> None:
-        """A sync packet: re-anchor RTP time to the sender clock (kept until timing is known)."""
+        """A sync packet: one more point for the RTP anchor (see `SyncAnchor`)."""
         self.stats.syncs += 1
-        self._sync = packet
-        self._update()
+        if self._anchor.add(packet):
+            self._sync = packet
+            self._update()
+
+    def flushed(self) -> None:
+        """A FLUSH: the sender may start a new RTP timeline; the next sync starts the anchor."""
+        self._anchor.clear()
 
     def latency_frames(self, packet: SyncPacket) -> int:
         """L for this sync packet: sender latency + 11025, clamped, plus the user offset."""
@@ -584,12 +853,12 @@ class ClockSync:
 
     def _update(self) -> None:
         sync = self._sync
-        if sync is None or not self._samples or self._base_ns is None:
+        if sync is None or not self._samples or self._base_ns is None or not self._anchor.ready:
             return
         reference = self._reference
         offset_ns = self._base_ns + round(self._offset * _NS)
         latency = self.latency_frames(sync)
-        sender_ns = ntp_to_ns(sync.ntp)
+        sender_ns = self._anchor.sender_ns(sync.rtptime_now)
         self._estimate = ClockEstimate(
             anchor_rtp=rtp_add(sync.rtptime_now, -latency),
             anchor_local=(sender_ns - offset_ns) / _NS,

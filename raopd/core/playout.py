@@ -22,19 +22,30 @@ Modes, per pull (timed mode):
   resync): the gap between `leave(now)` and the head frame's due time is converted to frames and
   filled with silence (early) or skipped (late), so the head frame leaves the DAC at its due time
   to the frame. No audio or no estimate yet -> silence.
-* **Playing**: the error of every pull goes into a short window; its median (robust to a single
-  odd reading) drives
+* **Playing**: every pull's error goes into a short window (`error_window` pulls); its median
+  (the *filtered error*, robust to odd readings) drives
   - a **resync** when it exceeds `resync_threshold` (50 ms, like shairport-sync): realign once,
-    exactly as when starting, then clear the window;
-  - otherwise a PI controller in ppm: `Kp * error + integral`, capped at `max_correction_ppm`.
-    The integral learns the steady drift between the sender's timeline and the DAC, so the error
-    settles at zero rather than at drift / Kp. Until the median error first leaves the dead band
-    (`tolerance`) nothing is corrected at all, so when the clocks agree no frame is touched.
-    Corrections are whole frames (22.7 us at 44.1 kHz) inserted or dropped at spread positions
-    (`pcm.stuff`), accumulated from the ppm so the average rate is exact.
-  Loop gains: Kp = 1000 ppm/ms gives a 1 s time constant; Ki = 250 ppm/(ms*s) puts the second
-  pole at the same place (critically damped). The integral is frozen while |error| > 2 ms so a
-  step in the DAC position (which a resync or the capped P term handles) does not wind it up.
+    exactly as when starting. Error that a move of the estimate explains (a better sync anchor,
+    a clock update; under 250 ms) does not count towards it: that is slewed to, not jumped;
+  - otherwise a correction in ppm that is the sum of two terms, and zero until the filtered
+    error first leaves the **tolerance band**, so with agreeing clocks no frame is touched:
+    * the **drift rate**: the slope of the *uncorrected* error (filtered error plus every frame
+      already dropped or inserted, minus every move of the estimate itself) over the last
+      `drift_window` seconds, by least squares, used once it is 4 standard errors from 0. It is
+      the DAC-vs-sender clock difference, learnt from the error's trend rather than by an
+      integrator, so noise on the reading does not wind anything up and the frames corrected are
+      the ones the difference needs (`stats.drift_ppm` reports it);
+    * a **proportional** term, `kp_ppm_per_ms * (error -+ band / 2)`, from when the filtered
+      error leaves the band until it is back within half of it: it works off a start error, a
+      move of the anchor or what the drift rate has not caught yet, 0.5 s time constant, capped
+      at `max_slew_ppm` (0.5 %: a 10 ms error is gone in about 2 s).
+    The band is `tolerance` or five times the measured noise of the filtered error (from the
+    robust spread of raw errors around it), whichever is larger (`stats.band_ms`): a DAC whose
+    delay reads with +-2 ms of noise must not be "corrected" by the noise. Nothing is corrected
+    in the first 16 pulls of a stream, before that noise is known. The total is capped
+    at `max_correction_ppm` + `max_slew_ppm`. Corrections are whole frames (22.7 us at 44.1 kHz)
+    inserted or dropped at spread positions (`pcm.stuff`), accumulated from the ppm so the
+    average rate is exact.
 * **Underflow**: the next frame is due but not here: silence, count it, and go back to starting
   so the late audio is realigned to its own time instead of shifting the whole timeline.
 
@@ -46,6 +57,7 @@ Volume is applied last (gain + TPDF dither; unity gain is an exact no-op), so `s
 is true whenever the gain is 1.0 and the block had no frame inserted or dropped.
 """
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
@@ -67,19 +79,22 @@ class PlayoutSettings:
     hw_latency: float = 0.0
     """Seconds from the DAC's FIFO output to the air (converter, amplifier, HDMI...)."""
     tolerance: float = 0.0001
-    """Dead band (s): no new correction while |error| stays inside. 0.1 ms = 4.4 frames, well
-    under anything audible as echo between rooms, and above the frame quantization."""
+    """Tolerance band (s): nothing is corrected while the filtered error stays inside. The
+    band in use is this or three times the measured reading noise, whichever is larger."""
     max_correction_ppm: float = 500.0
-    """Cap on stuffing: 500 ppm (snapcast's cap) covers crystal errors of +-200 ppm on both ends
-    and is one frame in 2000: inaudible with spread single-frame edits."""
+    """Cap on the drift rate: 500 ppm (snapcast's cap) covers crystal errors of +-200 ppm on
+    both ends and is one frame in 2000: inaudible with spread single-frame edits."""
+    max_slew_ppm: float = 5000.0
+    """Cap on the proportional term: one frame in 200, for a few seconds after a start error
+    or an anchor move (shairport-sync's basic stuffing goes to one in 352)."""
     resync_threshold: float = 0.050
     """Error (s) past which playout jumps instead of stuffing; 0 = never (shairport-sync: 50 ms)."""
-    error_window: int = 5
-    """Pulls in the median that drives the controller (5 periods of 2048 = 232 ms)."""
-    kp_ppm_per_ms: float = 1000.0
-    ki_ppm_per_ms_s: float = 250.0
-    integral_limit: float = 0.002
-    """The integral only learns while |error| is below this (s)."""
+    error_window: int = 9
+    """Pulls in the median filter (9 periods of 2048 = 0.42 s)."""
+    kp_ppm_per_ms: float = 2000.0
+    """Proportional gain: 2000 ppm per ms of error is a 0.5 s time constant."""
+    drift_window: float = 30.0
+    """Seconds of uncorrected error the drift rate is fitted over."""
     stuff_method: StuffMethod = "spread"
     max_gap: float = 2.0
     """A forward RTP gap up to this (s) between pushes is filled with silence; larger is a new
@@ -114,7 +129,35 @@ class PlayoutStats:
     """Smallest DAC queue (frames) seen while playing."""
     bit_exact: bool = True
     """The last pulled block left the sender's samples untouched (unity gain, no stuffing)."""
+    edited_frames: int = 0
+    """Frames written in blocks that had a frame inserted or dropped (1 - edited / played is
+    the bit-exact fraction at unity gain)."""
+    drift_ppm: float = 0.0
+    """DAC clock vs the sender's timeline as the corrections imply (+ = the DAC is slow, frames
+    are dropped); 0 until measured."""
+    band_ms: float = 0.0
+    """Tolerance band in use (ms): the setting or 3x the measured reading noise."""
+    anchor_moves_ms: float = 0.0
+    """Sum of |moves| of the estimate under the playing audio (ms): anchor and clock updates."""
+    slewing_ms: float = 0.0
+    """Part of `sync_error_ms` that moves of the estimate explain and that is being slewed to
+    (a better sync anchor); the rest is the control loop's own error."""
 
+
+ANCHOR_SLEW_LIMIT = 0.25
+"""Moves of the estimate smaller than this (s; the anchor's own limit for a late stamp) are
+slewed to, however far past the resync threshold: a better anchor is not a discontinuity."""
+
+STEP_MIN = 0.001
+"""A jump of the uncorrected error (s) between two pulls beyond 4 bands and this is a step of
+the DAC position, kept out of the drift fit."""
+
+NOISE_WINDOW = 64
+BAND_NOISE = 5.0
+"""The band is this many standard deviations of the filtered error's noise."""
+NOISE_MIN = 16
+"""Pulls before the reading noise is known (0.74 s at 2048 frames): no correction before."""
+"""Pulls over which the reading noise (raw error around the filtered one) is measured."""
 
 _STARTING = "starting"
 _PLAYING = "playing"
@@ -134,9 +177,16 @@ class Playout:
         self._estimate: ClockEstimate | None = None
         self._state = _STARTING
         self._errors: deque[float] = deque(maxlen=self.settings.error_window)
-        self._integral = 0.0  # ppm
-        self._engaged = False  # the error has left the dead band at least once
+        self._deviations: deque[float] = deque(maxlen=NOISE_WINDOW)  # raw - filtered error
+        self._engaged = False  # the filtered error has left the band at least once
+        self._slewing = False  # the proportional term is on
+        self._band = self.settings.tolerance  # the band in use (s)
         self._accumulator = 0.0  # fractional frames owed to correction
+        self._corrected_s = 0.0  # s of audio dropped (+) or inserted (-) since the stream began
+        self._explained = 0.0  # s of the current error that estimate moves explain
+        self._moved = 0.0  # s the estimate moved the due time of the playing audio (+ = later)
+        self._trend: deque[tuple[float, float]] = deque()  # (now, uncorrected error)
+        self._rate = 0.0  # ppm, the drift rate in use
         self._gain = 1.0
         self._rng = np.random.default_rng(self.settings.dither_seed)
 
@@ -196,6 +246,20 @@ class Playout:
     def use_clock(self, estimate: ClockEstimate | None) -> None:
         """Adopt a new timeline (None keeps the last one)."""
         if estimate is not None:
+            old = self._estimate
+            if old is not None and self._state == _PLAYING and self._next_rtp is not None:
+                # The due time of the playing audio moved: that is not DAC drift, so it is
+                # kept out of the drift fit (the proportional term deals with it).
+                move = estimate.local_time(self._next_rtp) - old.local_time(self._next_rtp)
+                self._moved += move
+                self.stats.anchor_moves_ms += abs(move) * 1e3
+                # Errors already in the filter window were read against the old estimate.
+                shifted = [e - move for e in self._errors]
+                self._errors.clear()
+                self._errors.extend(shifted)
+                if abs(move) < ANCHOR_SLEW_LIMIT:
+                    # A better estimate, not a discontinuity: slewed to, never a resync.
+                    self._explained -= move
             self._estimate = estimate
             self.stats.source_drift_ppm = estimate.drift_ppm if estimate.drift else None
 
@@ -234,10 +298,20 @@ class Playout:
                 if stats.min_dac_queue is None
                 else min(stats.min_dac_queue, dac_delay_frames)
             )
-            if settings.resync_threshold > 0 and abs(median) > settings.resync_threshold:
+            # The part of the error that moves of the estimate explain shrinks with the error.
+            explained = self._explained
+            if explained * median <= 0.0:
+                explained = 0.0
+            elif abs(explained) > abs(median):
+                explained = median
+            self._explained = explained
+            stats.slewing_ms = explained * 1e3
+            unexplained = median - explained
+            if settings.resync_threshold > 0 and abs(unexplained) > settings.resync_threshold:
                 stats.resyncs += 1
                 self._state = _STARTING
             else:
+                self._observe(now, error, median)
                 return self._finish(*self._corrected(median, frames))
         return self._finish(self._start(leave, estimate, frames), edited=False)
 
@@ -257,6 +331,7 @@ class Playout:
                 return self._silence(frames)
             if gap >= 0:
                 self._enter_playing()
+                self._corrected_s -= gap / rate
                 audio = self._take(frames - gap)
                 pad = self._silence(gap + (frames - gap - len(audio)))
                 if len(audio) < frames - gap:
@@ -266,6 +341,7 @@ class Playout:
                     return audio
                 return np.concatenate([pad[:gap], audio, pad[gap:]])
             skipped = self._skip(-gap)
+            self._corrected_s += skipped / rate
             self.stats.skipped_frames += skipped
         return self._silence(frames)
 
@@ -273,26 +349,61 @@ class Playout:
         self._state = _PLAYING
         self._errors.clear()
         self._accumulator = 0.0
+        # A (re)start is a discontinuity of the error: the drift fit starts over (the rate
+        # learnt so far stays: the clocks did not change).
+        self._trend.clear()
+        self._slewing = False
+        self._explained = 0.0
+
+    def _observe(self, now: float, error: float, median: float) -> None:
+        """Update the reading noise, the band and the drift rate from one pull's error."""
+        settings, stats = self.settings, self.stats
+        self._deviations.append(error - median)
+        known = len(self._deviations) >= NOISE_MIN
+        # Robust standard deviation of one reading, then of the median of the window (x1.25
+        # / sqrt(n) for a median): the band is 4 of those, so noise alone leaves it about
+        # once in 30,000 pulls.
+        spread = statistics.median(abs(d) for d in self._deviations) * 1.4826
+        noise = spread * 1.2533 / math.sqrt(max(1, len(self._errors)))
+        band = max(settings.tolerance, BAND_NOISE * noise)
+        stats.band_ms = band * 1e3
+        trend = self._trend
+        uncorrected = error + self._corrected_s + self._moved
+        if trend and abs(uncorrected - trend[-1][1]) > max(4.0 * band, STEP_MIN):
+            # The DAC position stepped (a reading no noise explains): not a drift, so the fit
+            # starts over past it; the proportional term works the step off.
+            trend.clear()
+        trend.append((now, uncorrected))
+        while trend and trend[0][0] < now - settings.drift_window:
+            trend.popleft()
+        if len(trend) >= 16 and trend[-1][0] - trend[0][0] >= 2.0:
+            slope, stderr = _slope(trend)
+            if abs(slope) > max(4.0 * stderr, 2e-6):
+                cap = settings.max_correction_ppm
+                self._rate = max(-cap, min(cap, slope * 1e6))
+                stats.drift_ppm = self._rate
+        if not known:
+            return  # the band is not known yet: nothing is corrected in the first pulls
+        if abs(median) > band:
+            self._engaged = True
+            self._slewing = True
+        elif abs(median) < band / 2:
+            self._slewing = False
+        self._band = band
 
     def _corrected(self, error: float, frames: int) -> tuple[Pcm, bool]:
-        """One block under the PI controller: (pcm, whether frames were inserted/dropped)."""
+        """One block under the drift rate and the proportional term: (pcm, whether frames were
+        inserted or dropped)."""
         settings = self.settings
-        error_ms = error * 1e3
-        # The dead band only gates the *start* of correction: once the error has left it, the
-        # controller stays engaged (the learned integral is the drift and keeps being refined),
-        # so the error settles at zero instead of riding the edge of the band.
-        if abs(error) > settings.tolerance:
-            self._engaged = True
+        ppm = 0.0
         if self._engaged:
-            if abs(error) < settings.integral_limit:
-                period = frames / settings.rate
-                self._integral += settings.ki_ppm_per_ms_s * error_ms * period
-                cap = settings.max_correction_ppm
-                self._integral = max(-cap, min(cap, self._integral))
-            ppm = settings.kp_ppm_per_ms * error_ms + self._integral
-        else:
-            ppm = 0.0
-        ppm = max(-settings.max_correction_ppm, min(settings.max_correction_ppm, ppm))
+            ppm = self._rate
+            if self._slewing:
+                # Towards the middle half of the band, not its centre: within the band no
+                # reading is worth acting on.
+                target = math.copysign(self._band / 2, error)
+                slew = settings.kp_ppm_per_ms * (error - target) * 1e3
+                ppm += max(-settings.max_slew_ppm, min(settings.max_slew_ppm, slew))
         self.stats.correction_ppm = ppm
         self._accumulator += ppm * 1e-6 * frames
         delta = 0  # frames to drop (> 0) or insert (< 0) in this block
@@ -311,6 +422,8 @@ class Playout:
             return np.concatenate([source[:frames], pad]), False
         if delta:
             source = stuff(source, -delta, settings.stuff_method)
+            self._corrected_s += delta / settings.rate
+            self.stats.edited_frames += len(source)
             if delta > 0:
                 self.stats.frames_dropped += delta
             else:
@@ -366,3 +479,18 @@ class Playout:
 
     def _skip(self, frames: int) -> int:
         return len(self._take(frames))
+
+
+def _slope(points: deque[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares slope of (t, y) and its standard error."""
+    t = np.fromiter((p[0] for p in points), float, len(points))
+    y = np.fromiter((p[1] for p in points), float, len(points))
+    t -= t.mean()
+    y -= y.mean()
+    sxx = float(t @ t)
+    if sxx <= 0.0:
+        return 0.0, math.inf
+    slope = float(t @ y) / sxx
+    residual = y - slope * t
+    variance = float(residual @ residual) / max(1, len(points) - 2)
+    return slope, math.sqrt(variance / sxx)

@@ -348,7 +348,14 @@ class RaopSession:
         headers = self._common_headers(request)
         if not self._authorised and not self._check_auth(request):
             headers.append(("WWW-Authenticate", f'Digest realm="raop", nonce="{self._nonce}"'))
-            return RtspResponse(401, headers)
+            # No credentials is the first half of every Digest handshake; credentials that
+            # fail are a wrong password (or a replayed nonce): say which, and log it.
+            reason = None
+            if request.headers.get("Authorization") is not None:
+                reason = _auth_failure(request, self._nonce)
+                AUTH_FAILURES.failed(self.peer_ip, request.method, reason, now)
+                reason = f"Unauthorized ({reason})"
+            return RtspResponse(401, headers, reason=reason)
         challenge = request.headers.get("Apple-Challenge")
         if challenge is not None:
             try:
@@ -509,6 +516,8 @@ class RaopSession:
         self._jitter.reset()
         self._next_rtptime = None
         self._fill_pending = False
+        if self._clock is not None:
+            self._clock.flushed()  # the sender may resume on a new RTP timeline
         if rtptime is not None:
             self._start_at(seq, rtptime)
         self._events.append(Flushed(rtptime))
@@ -734,6 +743,41 @@ def _transport_options(value: str) -> dict[str, str]:
         if sep:
             options[key.strip().lower()] = val.strip()
     return options
+
+
+AUTH_LOG_INTERVAL = 60.0  # seconds: at most one line per peer, with the failures in between
+
+
+class AuthFailureLog:
+    """Failed authentications at INFO: peer, method, why; one line per peer per interval."""
+
+    def __init__(self, interval: float = AUTH_LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._peers: dict[str, tuple[float, int]] = {}  # peer -> (last logged, failures since)
+
+    def failed(self, peer: str, method: str, why: str, now: float) -> None:
+        last = self._peers.get(peer)
+        if last is not None and 0 <= now - last[0] < self.interval:
+            self._peers[peer] = (last[0], last[1] + 1)
+            return
+        if len(self._peers) >= 1024:  # bounded however many peers try
+            self._peers.clear()
+        self._peers[peer] = (now, 0)
+        more = f"; {last[1]} more failures since the last line" if last and last[1] else ""
+        logger.info("authentication failed from %s: %s, %s%s", peer, method, why, more)
+
+
+AUTH_FAILURES = AuthFailureLog()
+
+
+def _auth_failure(request: RtspRequest, nonce: str) -> str:
+    """Why credentials that were given did not authenticate (the 401's reason phrase)."""
+    value = request.headers.get("Authorization") or ""
+    if not value.lower().startswith("digest "):
+        return "not Digest credentials"
+    if _parse_digest(value[7:]).get("nonce") != nonce:
+        return "stale nonce"
+    return "wrong password"
 
 
 def _parse_digest(value: str) -> dict[str, str]:

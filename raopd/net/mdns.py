@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -59,6 +60,29 @@ class ReceiverLike(Protocol):
 
 
 AddressSource = Callable[[], list[str]]
+
+# Sending to the mDNS group on a socket whose interface has no route for it (IPv6 on `::1`,
+# an interface still without an address) fails with these: normal on a host, not a fault.
+_EXPECTED_SEND_ERRORS = frozenset(
+    {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
+)
+
+
+class ExpectedNetworkErrors(logging.Filter):
+    """zeroconf logs a socket's send error once at WARNING with a traceback. For the errors
+    every normal host produces (no route from that socket) this makes it one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, OSError) and exc.errno in _EXPECTED_SEND_ERRORS:
+            record.exc_info = None
+            record.exc_text = None
+            if record.levelno > logging.INFO:
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_ZEROCONF_FILTER = ExpectedNetworkErrors()
 
 
 def host_addresses(interfaces: Sequence[str] | None = None) -> list[str]:
@@ -167,13 +191,14 @@ class MdnsAdvertiser:
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Probe, rename on conflict, announce; then watch the addresses."""
+        zeroconf_log = logging.getLogger("zeroconf")
+        if _ZEROCONF_FILTER not in zeroconf_log.filters:
+            zeroconf_log.addFilter(_ZEROCONF_FILTER)
         if self._zeroconf is None:
             self._zeroconf = AsyncZeroconf(
                 interfaces=zeroconf_interfaces(self.interfaces), ip_version=IPVersion.All
             )
         self.addresses = self._address_source()
-        if not self.addresses:
-            logger.warning("no network address to advertise yet; will retry")
         for attempt in range(1, MAX_RENAMES + 1):
             name = instance_name(self.info.hw_addr, self.info.name, conflict_suffix(attempt))
             service = self._service_info(name)
@@ -191,7 +216,9 @@ class MdnsAdvertiser:
             "advertising %r on port %d (%s)",
             self.service_name,
             self.port,
-            ", ".join(self.addresses),
+            # readiness says "not ready" about the empty case; this only states the fact
+            ", ".join(self.addresses)
+            or f"no address yet; checked every {self.address_poll_interval:g} s",
         )
         if self.address_poll_interval > 0:
             self._poll_task = asyncio.create_task(self._poll_addresses(), name="mdns-addresses")

@@ -2,21 +2,31 @@
 
 Only the output thread calls an `AlsaSink`. What it adds over a bare `alsaaudio.PCM`:
 
-* **Queue depth at a known instant.** Timestamps are switched on (`PCM_TSTAMP_ENABLE`) on the
-  monotonic clock (`PCM_TSTAMP_TYPE_MONOTONIC`, the clock `time.monotonic()` and the event loop
-  read). `htimestamp()` returns `avail` together with the time the hardware pointer was last
-  updated, so `buffer_size - avail` frames were queued *at that time*; `measure()` moves that to
-  the instant it reads the clock (`queued - elapsed * rate`) and returns the pair
-  `(now, delay_frames)`, which is what `Playout.pull` wants. When the device gives no usable
-  timestamp (not running, a plugin without timestamps, a stamp far from the clock) it falls back
-  to `avail()` read right after the clock.
+* **When a written frame is heard: `snd_pcm_delay`.** `measure()` returns the pair
+  `(now, delay_frames)` that `Playout.pull` wants: the frames a frame written now has ahead of
+  it before it is heard. ALSA's answer to that is `snd_pcm_delay`: the ring buffer *plus*
+  whatever the device or plugin holds beyond it (a USB DAC's packets in flight, a PulseAudio
+  stream's and sink's latency). `buffer_size - avail` counts the ring buffer alone. Measured on
+  the `pulse` plugin into a timed PulseAudio sink (docs/alsa-delay.md): `snd_pcm_delay` gives
+  when a marker frame comes out of the sink within +-0.7 ms, with 0.1-0.6 ms of noise, for
+  sink chunks of 6, 12 and 23 ms; `buffer - avail` is off by -3.4 to +0.4 ms depending on the
+  chunk and jumps by 1-3 ms (sd) as PulseAudio pulls data. pyalsaaudio 0.11 has no `delay()`,
+  so `PcmDelay` calls libasound's `snd_pcm_delay` on the PCM the pyalsaaudio object holds,
+  after checking that object's layout (see there); when that check fails, or the call does,
+  the older readings are used: timestamps on the monotonic clock (`htimestamp()`: `avail`
+  at the time the hardware pointer last moved, carried to now), else `avail()` read right
+  after the clock. `counters().delay_reading` says which one is in use.
 * **Xruns.** pyalsaaudio's `write()` prepares the PCM itself after `-EPIPE` but drops the block;
   the sink counts the underrun and writes the block again. `drop()` leaves the PCM in SETUP, and
   the next `write()` prepares it: the device stays usable after a flush.
 * **A device that goes away** (USB DAC unplugged: `write()` raises, `avail()` returns -ENODEV or
   -EBADFD, the state reads DISCONNECTED) is closed; `reopen_if_due()` tries to open it again at
-  once and then every `retry_interval` seconds. The output thread keeps its heartbeat and the
-  timeline meanwhile; the event loop is never involved. `opened` says which case holds (/readyz).
+  once, then after `retry_interval` seconds, doubling the wait up to `retry_max` (1 s to 30 s:
+  a DAC replugged is back within a second, one missing for a day costs a try every 30 s). The
+  log gets one line when the device goes and one when it is back, plus one if the reason it
+  cannot be opened changes; each attempt is only a debug line. The output thread keeps its
+  heartbeat and the timeline meanwhile; the event loop is never involved. `opened` says which
+  case holds (/readyz).
 * **Devices without a clock** (ALSA's `null`, the `file` plugin over `null`) take any amount of
   audio at once. After a few writes that vanish instantly the sink paces itself to real time with
   a virtual queue of `buffer_frames`, so such a device does not spin a CPU core and reports a
@@ -29,6 +39,8 @@ pyalsaaudio 0.11 releases the GIL around `snd_pcm_writei` (alsaaudio.c, `alsapcm
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
 import threading
@@ -62,6 +74,71 @@ TSTAMP_SLACK = 1.0
 
 PcmFactory = Callable[..., Any]
 
+DELAY = "snd_pcm_delay"
+HTIMESTAMP = "htimestamp"
+AVAIL = "avail"
+
+
+class PcmDelay:
+    """`snd_pcm_delay()` on the `snd_pcm_t` inside a pyalsaaudio 0.11 `PCM` object.
+
+    pyalsaaudio keeps the handle in its C object (`alsapcm_t`: PyObject_HEAD, long pcmtype, int
+    pcmmode, char *cardname, snd_pcm_t *handle, ...: 80 bytes on 64-bit). `attach()` reads it
+    only when every check passes: a real `alsaaudio.PCM`, 8-byte pointers, that exact object
+    size, `cardname` spelling the device that was opened, and libasound's own `snd_pcm_name()`
+    of the handle spelling it too. Anything else (another pyalsaaudio, a test double) gives
+    None and the sink keeps its older readings.
+    """
+
+    _CARDNAME_OFFSET = 32
+    _HANDLE_OFFSET = 40
+    _OBJECT_SIZE = 80
+
+    def __init__(self, lib: ctypes.CDLL, pcm: object, handle: int) -> None:
+        self._lib = lib
+        self._pcm = pcm  # keeps the object (and so the address read below) alive
+        self._slot = ctypes.c_void_p.from_address(id(pcm) + self._HANDLE_OFFSET)
+        self._handle = handle
+        self._frames = ctypes.c_long()
+
+    @classmethod
+    def attach(cls, pcm: object, device: str) -> PcmDelay | None:
+        try:
+            import alsaaudio
+        except ImportError:
+            return None
+        if type(pcm) is not alsaaudio.PCM or ctypes.sizeof(ctypes.c_void_p) != 8:
+            return None
+        if type(pcm).__basicsize__ != cls._OBJECT_SIZE:
+            return None
+        name = ctypes.util.find_library("asound")
+        if name is None:
+            return None
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            return None
+        lib.snd_pcm_delay.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_long)]
+        lib.snd_pcm_delay.restype = ctypes.c_int
+        lib.snd_pcm_name.argtypes = [ctypes.c_void_p]
+        lib.snd_pcm_name.restype = ctypes.c_char_p
+        base = id(pcm)
+        cardname = ctypes.c_void_p.from_address(base + cls._CARDNAME_OFFSET).value
+        handle = ctypes.c_void_p.from_address(base + cls._HANDLE_OFFSET).value
+        if not cardname or not handle or ctypes.string_at(cardname) != device.encode():
+            return None
+        if lib.snd_pcm_name(handle) != device.encode():
+            return None
+        return cls(lib, pcm, handle)
+
+    def __call__(self) -> int | None:
+        """Frames between the next frame written and the one heard now; None on an error."""
+        if self._slot.value != self._handle:
+            return None  # pyalsaaudio closed it (its close() zeroes the handle)
+        if self._lib.snd_pcm_delay(self._handle, ctypes.byref(self._frames)) < 0:
+            return None
+        return int(self._frames.value)
+
 
 @dataclass(frozen=True, slots=True)
 class AlsaCounters:
@@ -76,8 +153,10 @@ class AlsaCounters:
     reopens: int
     """Successful opens after a loss."""
     timestamped: bool
-    """The last delay came from a hardware timestamp (False: from avail())."""
+    """The last delay came from snd_pcm_delay or a hardware timestamp (False: from avail())."""
     clockless: bool
+    delay_reading: str = ""
+    """Which reading the last delay came from: snd_pcm_delay, htimestamp or avail."""
 
 
 class AlsaSink:
@@ -92,6 +171,7 @@ class AlsaSink:
         buffer_frames: int = 4096,
         *,
         retry_interval: float = 1.0,
+        retry_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         pcm_factory: PcmFactory | None = None,
@@ -100,6 +180,9 @@ class AlsaSink:
         self.period_frames = period_frames
         self.buffer_frames = buffer_frames
         self.retry_interval = retry_interval
+        self.retry_max = max(retry_max, retry_interval)
+        self._retry_delay = retry_interval
+        self._last_failure = ""  # why the last reopen failed, logged once per distinct reason
         self._requested = (period_frames, max(2, round(buffer_frames / period_frames)))
         self._clock = clock
         self._sleep = sleep
@@ -112,6 +195,8 @@ class AlsaSink:
         self.reopens = 0
         self._timestamped = False
         self._tstamp_ok = False
+        self._delay: PcmDelay | None = None
+        self._reading = ""
         self._lost = False  # the device was open once and went away
         self._next_retry = 0.0
         self._playing = False  # frames written since the last open/drop
@@ -141,6 +226,7 @@ class AlsaSink:
                 reopens=self.reopens,
                 timestamped=self._timestamped,
                 clockless=self._clockless,
+                delay_reading=self._reading,
             )
 
     # -- open / close ----------------------------------------------------------------------------
@@ -179,12 +265,21 @@ class AlsaSink:
             # Some plugins refuse the sw_params; avail() still gives the depth, a bit later.
             logger.info("ALSA %s: no hardware timestamps (%s); using avail()", self.device, exc)
             self._tstamp_ok = False
+        self._delay = PcmDelay.attach(pcm, self.device)
+        if self._delay is None:
+            logger.info("ALSA %s: no snd_pcm_delay through pyalsaaudio; using avail()", self.device)
         with self._lock:
             self._pcm = pcm
         self._playing = False
         self._vanished = 0
         self._clockless = False
         self._virtual_end = 0.0
+
+    def note_failure(self, reason: str) -> None:
+        """An `open()` failed (at start-up): schedule the first retry, remember why."""
+        self._last_failure = reason
+        self._next_retry = self._clock() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, self.retry_max)
 
     def reopen_if_due(self) -> bool:
         """After a loss: try to open again when the retry time has come. True when open."""
@@ -193,17 +288,26 @@ class AlsaSink:
         now = self._clock()
         if now < self._next_retry:
             return False
-        self._next_retry = now + self.retry_interval
+        delay = self._retry_delay
+        self._next_retry = now + delay
+        self._retry_delay = min(delay * 2, self.retry_max)
         with self._lock:
             self.reopen_attempts += 1
         try:
             self.open()
         except OutputError as exc:
-            logger.debug("ALSA %s still unavailable: %s", self.device, exc)
+            reason = str(exc)
+            if reason != self._last_failure and self._last_failure:
+                logger.warning("%s; still retrying, at most every %.0f s", reason, self.retry_max)
+            else:
+                logger.debug("%s; next try in %.0f s", reason, delay)
+            self._last_failure = reason
             return False
         with self._lock:
             self.reopens += 1
         self._lost = False
+        self._retry_delay = self.retry_interval
+        self._last_failure = ""
         logger.warning("ALSA %s is back: playback resumes", self.device)
         return True
 
@@ -221,6 +325,7 @@ class AlsaSink:
 
     def close(self) -> None:
         """Release the device without waiting for the queue to drain."""
+        self._delay = None  # its handle dies with the PCM
         with self._lock:
             pcm, self._pcm = self._pcm, None
         if pcm is not None:
@@ -276,6 +381,14 @@ class AlsaSink:
             state = int(device.state())
             if state == STATE_DISCONNECTED:
                 raise OSError(errno.ENODEV, "device disconnected")
+            reader = self._delay
+            if reader is not None and state == STATE_RUNNING:
+                now = self._clock()
+                delay = reader()
+                if delay is not None and delay <= 4 * self.buffer_frames:
+                    self._timestamped = True
+                    self._reading = DELAY
+                    return now, self._with_virtual(now, max(0, delay))
             if self._tstamp_ok and state == STATE_RUNNING:
                 sec, nsec, avail = device.htimestamp()
                 now = self._clock()
@@ -284,6 +397,7 @@ class AlsaSink:
                     queued = self.buffer_frames - int(avail)
                     delay = queued - round(max(0.0, now - stamp) * RATE)
                     self._timestamped = True
+                    self._reading = HTIMESTAMP
                     return now, self._with_virtual(now, max(0, delay))
             now = self._clock()
             avail = int(device.avail())
@@ -291,6 +405,7 @@ class AlsaSink:
             self._device_lost(exc)
             return self._clock(), 0
         self._timestamped = False
+        self._reading = AVAIL
         if avail < 0:
             if avail == -errno.EPIPE or state == STATE_XRUN:
                 # Ran dry since the last write; the next write recovers and counts it.
@@ -345,3 +460,4 @@ class AlsaSink:
         self._lost = True
         self._playing = False
         self._next_retry = self._clock()  # first retry at once: most errors are momentary
+        self._retry_delay = self.retry_interval

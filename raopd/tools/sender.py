@@ -733,7 +733,9 @@ class RaopSender:
             self._auth = (fields.get("realm", ""), fields["nonce"])
             reply = await self._exchange(method, uri, headers, body)
         if reply.status != 200:
-            hint = " (password needed)" if reply.status == 401 else ""
+            hint = ""
+            if reply.status == 401 and self.options.password is None:
+                hint = " (password needed)"
             raise SenderError(f"{method} refused: {reply.status} {reply.reason}{hint}")
         return reply
 

@@ -9,7 +9,10 @@ Model (the local monotonic clock is the reference, `t` in seconds):
   the 64-bit maths is exercised). It starts a stream at local `start` with RTP time `rtp0` (near
   the 2**32 wrap), produces frames at `rate` per second of *its* clock, sends a sync packet every
   second of its clock and answers timing requests. Frame R is meant to be heard at sender time
-  S0 + (R - rtp0 + L) / rate (L = its 77175-frame latency + 11025).
+  S0 + (R - rtp0 + L) / rate (L = its 77175-frame latency + 11025). With `burst` set it imitates
+  node-airtunes2: it sends in bursts `burst` seconds apart (each timer fires 0..2 ms late, so the
+  burst phase wanders) and stamps a sync packet with the time of the burst that carries it, so
+  every stamp is 0..`burst` s later than the frame it names.
 * `FakeNetwork`: each direction adds `base` plus an independent uniform 0..jitter delay (seeded),
   so the two legs of an exchange are not symmetric.
 * `FakeDac`: a FIFO drained at rate * (1 + ppm * 1e-6) of local time. `delay(now)` reports the
@@ -41,9 +44,22 @@ class FakeSender:
     """The sender's clock, stream and timing responder."""
 
     def __init__(
-        self, ppm: float, start: float = 0.3, rtp0: int = (1 << 32) - 3 * RATE * 60
+        self,
+        ppm: float,
+        start: float = 0.3,
+        rtp0: int = (1 << 32) - 3 * RATE * 60,
+        *,
+        burst: float | None = None,
+        seed: int = 0,
     ) -> None:
         self.ppm = ppm
+        self.burst = burst
+        self._burst_rng = np.random.default_rng(seed + 2000)
+        # Sender seconds since the stream start of the latest burst: the bursts' phase against
+        # the stream is arbitrary, so even the first stamp is late.
+        self._burst_at = -float(self._burst_rng.uniform(0.0, burst or 0.0))
+        self.lateness: list[float] = []
+        """Seconds each sync packet's stamp is late (0 without bursts)."""
         self.epoch_ns = 3_900_000_000 * NS + 123_456_789
         self.start = start
         self.rtp0 = rtp0
@@ -65,6 +81,14 @@ class FakeSender:
     def sync(self, k: int) -> tuple[float, SyncPacket]:
         """The k-th sync packet (k = 0 at stream start) and the local time it is sent."""
         sender_ns = self.start_ns + k * NS
+        late = 0.0
+        if self.burst is not None:
+            # The first burst at or after the frame's time carries the sync, stamped then.
+            while self._burst_at < k:
+                self._burst_at += self.burst + float(self._burst_rng.uniform(0.0, 0.002))
+            late = self._burst_at - k
+            sender_ns += round(late * NS)
+        self.lateness.append(late)
         rtp_now = rtp_add(self.rtp0, k * RATE)
         packet = SyncPacket(
             rtp_add(rtp_now, -SENDER_LATENCY), ns_to_ntp(sender_ns), rtp_now, first=k == 0
@@ -153,6 +177,10 @@ class Scenario:
     step: float = 0.060
     flush_at: float | None = None
     filter: str | None = None
+    delay_noise: float = 0.0
+    """Seconds by which each DAC delay reading is off, uniform +-: a noisy device reading."""
+    sync_burst: float | None = None
+    """Seconds between the sender's bursts: its sync stamps are that late at most."""
     settings: PlayoutSettings = field(default_factory=PlayoutSettings)
     lock_in: float = 5.0
     # Audio produced before this local time reaches the playout only then, all at once: the
@@ -171,9 +199,15 @@ class Result:
     """Local time the first audio frame (of any index) left the DAC."""
     clock_errors: np.ndarray
     """Estimate offset minus true offset (s), sampled at every pull after lock-in."""
+    own_errors: np.ndarray
+    """(time, error, slewing) of every pull while playing: the filtered sync error raopd itself
+    reports (stats.sync_error_ms, in s), against its own estimate rather than the truth, and
+    the part of it that moves of the estimate explain (stats.slewing_ms, in s)."""
     playout: Playout
     clock: ClockSync
     dac: FakeDac
+    clock_sender_lateness: list[float]
+    """How late each sync packet's stamp was (s), in the order sent."""
     played: np.ndarray
     """Indices of every audio frame written, in order (for flush checks)."""
 
@@ -194,9 +228,10 @@ class Result:
 
 def simulate(s: Scenario) -> Result:
     """Run the real ClockSync + Playout against the fakes; deterministic for a seed."""
-    sender = FakeSender(s.sender_ppm)
+    sender = FakeSender(s.sender_ppm, burst=s.sync_burst, seed=s.seed)
     net = FakeNetwork(s.jitter, s.seed)
     wake = np.random.default_rng(s.seed + 1000)
+    reading = np.random.default_rng(s.seed + 3000)
     dac = FakeDac(s.dac_ppm)
     clock = ClockSync(RATE) if s.filter is None else ClockSync(RATE, filter=s.filter)
     playout = Playout(s.settings)
@@ -220,6 +255,7 @@ def simulate(s: Scenario) -> Result:
     pushed = 0
     errors: list[float] = []
     clock_errors: list[float] = []
+    own_errors: list[tuple[float, float]] = []
     played: list[np.ndarray] = []
     max_abs = 0.0
     first_frame_error = math.nan
@@ -263,10 +299,20 @@ def simulate(s: Scenario) -> Result:
                 playout.push(rtp_add(sender.rtp0, pushed), encode(index))
                 pushed += 352
             delay = dac.delay(now)
+            if s.delay_noise:
+                # A reading that is off by up to +-delay_noise (the real queue is unchanged).
+                noise = float(reading.uniform(-s.delay_noise, s.delay_noise))
+                delay = max(0, delay + round(noise * RATE))
             pcm = playout.pull(now, delay, s.period)
             leave = dac.write(now, pcm)
             index = decode(pcm)
             audio = index >= 0
+            # A frame a correction made (the mean of two neighbours) carries no index of its own
+            # when the low halves wrap between them: leave such frames out of the error.
+            if len(index) > 2:
+                step_before = np.abs(np.diff(index, prepend=index[0]))
+                step_after = np.abs(np.diff(index, append=index[-1]))
+                audio &= (step_before <= 2) | (step_after <= 2)
             if audio.any():
                 if math.isnan(first_audio_leave):
                     first_audio_leave = float(leave[audio][0])
@@ -278,6 +324,9 @@ def simulate(s: Scenario) -> Result:
                 if late.any():
                     errors.append(float(err[late][0]))
                     max_abs = max(max_abs, float(np.abs(err[late]).max()))
+            if playout.stats.frames_played > playout.stats.silence_frames:
+                stats = playout.stats
+                own_errors.append((now, stats.sync_error_ms / 1e3, stats.slewing_ms / 1e3))
             estimate = clock.estimate()
             if estimate is not None and now >= s.lock_in:
                 true_offset = (sender.clock_ns(now) - sender.epoch_ns) / NS - now
@@ -295,9 +344,11 @@ def simulate(s: Scenario) -> Result:
         first_frame_error=first_frame_error,
         first_audio_leave=first_audio_leave,
         clock_errors=np.array(clock_errors),
+        own_errors=np.array(own_errors).reshape(-1, 3),
         playout=playout,
         clock=clock,
         dac=dac,
+        clock_sender_lateness=sender.lateness,
         played=np.concatenate(played) if played else np.zeros(0, dtype=np.int64),
     )
 

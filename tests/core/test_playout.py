@@ -67,6 +67,75 @@ def test_first_frame_leaves_on_time():
         assert abs(with_jitter.first_frame_error) < 1e-3
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_late_sync_stamps_do_not_move_the_output(seed):
+    """node-airtunes2 stamps each sync packet when its 100 ms burst goes out: 0..100 ms late.
+
+    Before the anchor: 8-12 resyncs a minute, each a jump of tens of ms, and ~50 ms of filtered
+    error at p99. Now: no resync; the anchor moves only when a better (earlier) stamp comes, in
+    total no further than the first stamps were late, and those moves are slewed to; the
+    control loop's own error (the filtered error less the part such moves explain) stays
+    within 0.25 ms at p99 from 2 s after the first frame; after 30 s the output is never later
+    than the best of the first 30 stamps allows.
+    """
+    first_heard = 0.3 + 88200 / RATE
+    result = simulate(
+        Scenario(sync_burst=0.1, jitter=0.001, seconds=60, seed=seed, lock_in=first_heard + 2)
+    )
+    stats = result.playout.stats
+    assert stats.resyncs == 0
+    own = result.own_errors[result.own_errors[:, 0] >= first_heard + 2.0]
+    assert len(own) > 1000
+    control = own[:, 1] - own[:, 2]
+    assert np.percentile(np.abs(control), 99) <= 0.25e-3
+    assert np.percentile(np.abs(own[:, 1]), 50) <= 0.25e-3
+    lateness = result.clock_sender_lateness
+    # Syncs at 0, 1 and 2 s are in before the first frame is due.
+    assert stats.anchor_moves_ms <= min(lateness[:3]) * 1e3 + 1.0
+    dropped = (stats.frames_dropped - stats.frames_inserted) / RATE
+    assert dropped == pytest.approx(stats.anchor_moves_ms / 1e3, abs=0.002)
+    late = result.errors[-len(result.errors) // 2 :]
+    assert np.abs(late).max() <= min(lateness[:30]) + 0.5e-3
+
+
+@pytest.mark.parametrize("ppm", [-200, 200])
+@pytest.mark.parametrize("jitter", [0.0, 0.001])
+def test_clock_difference_is_corrected_with_the_frames_it_needs(ppm, jitter):
+    """A DAC +-200 ppm off the sender: the frames inserted or dropped are the ones the
+    difference needs over the audio played, within 1 %, and the drift it implies is reported."""
+    result = simulate(Scenario(dac_ppm=ppm, jitter=jitter, seconds=60, seed=5))
+    stats = result.playout.stats
+    audio = stats.frames_played - stats.silence_frames
+    needed = audio * ppm * 1e-6 / (1 + ppm * 1e-6)  # frames to insert (DAC fast: ppm > 0)
+    inserted = stats.frames_inserted - stats.frames_dropped
+    assert abs(needed) > 500
+    assert inserted == pytest.approx(needed, rel=0.01)
+    assert stats.drift_ppm == pytest.approx(-ppm, rel=0.01)
+    assert stats.resyncs == 0
+
+
+@pytest.mark.parametrize("noise", [0.002, 0.005])
+def test_a_noisy_delay_reading_is_not_corrected(noise):
+    """Each delay reading off by up to +-2 or +-5 ms, the clocks agreeing: the band widens to
+    the reading's noise and not one frame is touched (before: ~17 edits a second)."""
+    result = simulate(Scenario(jitter=0.001, seconds=60, seed=5, delay_noise=noise))
+    stats = result.playout.stats
+    assert stats.frames_inserted == stats.frames_dropped == stats.edited_frames == 0
+    assert stats.band_ms > noise * 1e3 / 3
+    assert np.percentile(np.abs(result.errors), 99) < 0.25e-3
+
+
+@pytest.mark.parametrize("step", [0.010, -0.010])
+def test_a_start_error_is_worked_off_in_about_two_seconds(step):
+    """The output position steps 10 ms (under the resync threshold) at 5 s: no resync, the error
+    under 1.5 ms 2.2 s later and under 0.25 ms 4 s later (the 500 ppm cap took 20 s)."""
+    result = simulate(Scenario(jitter=0.001, seconds=12, step_at=5.0, step=step, seed=3))
+    assert result.playout.stats.resyncs == 0
+    own = result.own_errors
+    assert np.abs(own[own[:, 0] > 5.0 + 2.2, 1]).max() < 1.5e-3
+    assert np.abs(own[own[:, 0] > 5.0 + 4.0, 1]).max() < 0.25e-3
+
+
 def test_flush_in_timed_stream_drops_exactly_the_range():
     result = simulate(Scenario(jitter=0.0, seconds=12, flush_at=6.0))
     played = result.played
