@@ -322,9 +322,12 @@ async def log_statistics(state: DaemonState, interval: float) -> None:
             logger.info("statistics: %s", statistics_line(state))
 
 
-def sync_figures(output: OutputThread) -> SyncFigures:
-    """The output's sync figures now (read without a lock: plain numbers, a moment old)."""
+def sync_figures(output: OutputThread, session: object | None = None) -> SyncFigures:
+    """The output's sync figures now (read without a lock: plain numbers, a moment old), with
+    the packet counters of the playing `session` (a RaopSession) when there is one."""
     stats = output.playout.stats
+    jitter = getattr(session, "jitter_stats", None)
+    session_stats = getattr(session, "stats", None)
     return SyncFigures(
         sync_error_ms=stats.sync_error_ms,
         correction_ppm=stats.correction_ppm,
@@ -333,6 +336,8 @@ def sync_figures(output: OutputThread) -> SyncFigures:
         frames_dropped=stats.frames_dropped,
         underruns=int(getattr(output.sink, "underruns", 0)),
         bit_exact=stats.bit_exact,
+        packets_lost=int(getattr(jitter, "lost", 0)),
+        packets_resent=int(getattr(session_stats, "resent_packets", 0)),
     )
 
 
@@ -510,7 +515,7 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         house = House(
             db_of=router.volume_db,
             active_state_timeout=config.active_state_timeout,
-            sync_figures=lambda: sync_figures(output),
+            sync_figures=lambda: sync_figures(output, house.tracker.session),
         )
         remote = DacpRemote(
             lambda: state.mdns.zeroconf if state.mdns is not None else None,
