@@ -17,6 +17,7 @@ import logging
 import signal
 import socket
 from collections import deque
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -47,7 +48,7 @@ from raopd.house.hooks import Hooks, HookSettings
 from raopd.house.house import House, start_log, start_metadata_pipe
 from raopd.house.mqtt import MqttClient, MqttSettings
 from raopd.house.sps import VolumeRange
-from raopd.house.state import SyncFigures
+from raopd.house.state import PlayerState, SyncFigures
 from raopd.net.device_id import load_or_create_device_id
 from raopd.net.http import HttpServer
 from raopd.net.mdns import MdnsAdvertiser
@@ -56,6 +57,9 @@ from raopd.output.mixer import HardwareMixer
 from raopd.output.player import EndStream, Flush, OutputThread, Push, SetGain, UseClock
 from raopd.output.sinks import AlsaSink, AudioSink, FileSink
 from raopd.output.statistics import format_statistics
+from raopd.web import app as web_app
+from raopd.web.app import Web
+from raopd.web.view import Clock, OutputInfo
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +86,7 @@ class DaemonState:
     http: HttpServer | None = None
     house: House | None = None
     router: EventRouter | None = None
+    web: Web | None = None
 
 
 def open_sink(config: Config) -> AudioSink:
@@ -341,6 +346,36 @@ def sync_figures(output: OutputThread, session: object | None = None) -> SyncFig
     )
 
 
+def make_web(state: DaemonState) -> Web:
+    """The page and the API over the daemon's house (made later: read through `state`)."""
+    config = state.config
+
+    def player() -> PlayerState:
+        return state.house.fanout.state if state.house is not None else PlayerState()
+
+    def output() -> OutputInfo:
+        opened = state.output is not None and metrics.sink_opened(state.output.sink)
+        return OutputInfo(device=config.output or config.device, open=opened)
+
+    def remote() -> DacpRemote | None:
+        return state.house.remote if state.house is not None else None
+
+    def set_volume() -> Callable[[float], Awaitable[str | None]] | None:
+        dacp = remote()
+        return dacp.set_volume if dacp is not None else None
+
+    return web_app.build(
+        state=player,
+        clock=Clock(asyncio.get_running_loop().time),
+        output=output,
+        remote=remote,
+        set_volume=set_volume,
+        tokens=tuple(t for t in (config.api_token, config.password) if t),
+        tokens_for_reading=config.api_token_for_reading,
+        max_event_clients=config.web_event_clients,
+    )
+
+
 async def start_house(
     house: House, config: Config, stack: AsyncExitStack, router: EventRouter, device_id: str
 ) -> None:
@@ -484,13 +519,16 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
     async with AsyncExitStack() as stack:
         if config.http_port:
             # First, so that probes get an answer (not ready yet) while the rest starts.
+            state.web = make_web(state)
             http = HttpServer(
                 metrics.routes(state, metrics.make_registry(state)),
+                app=state.web.app,
                 address=config.address,
                 port=config.http_port,
             )
             await http.start()
             stack.push_async_callback(http.close)
+            stack.callback(state.web.hub.close)  # event streams end before the server closes
             state.http = http
 
         sink = open_sink(config)
@@ -527,6 +565,8 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         await start_house(house, config, stack, router, receiver.device_id)
         router.house = house
         state.house = house
+        if state.web is not None:
+            house.add_consumer("web", state.web.hub, maxlen=64)
 
         try:
             server = RtspServer(

@@ -137,7 +137,7 @@ def _probe_response(ok: bool, problems: list[str], good: str) -> Response:
 
 
 def routes(state: DaemonState, registry: CollectorRegistry) -> dict[str, Route]:
-    """The HTTP pages: /healthz, /readyz, /metrics, and an index at /."""
+    """The probe and metrics routes: /healthz, /readyz, /metrics (the page at / is raopd.web)."""
 
     def healthz() -> Response:
         return _probe_response(*health(state), "ok")
@@ -148,10 +148,7 @@ def routes(state: DaemonState, registry: CollectorRegistry) -> dict[str, Route]:
     def metrics() -> Response:
         return Response(200, generate_latest(registry), CONTENT_TYPE)
 
-    def index() -> Response:
-        return Response.text(200, "raopd: /healthz /readyz /metrics")
-
-    return {"/": index, "/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
+    return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
 
 
 # -------------------------------------------------------------------------- metrics

@@ -27,6 +27,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -61,7 +62,10 @@ class Response:
 Route = Callable[[], Response]
 
 
-def streaming(handler: Handler) -> Handler:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def streaming(handler: _F) -> _F:
     """Mark a handler whose response is a long-lived stream: it bounds its own writes, and
     the per-request time limit does not apply to it."""
     handler._raopd_streaming = True  # type: ignore[attr-defined]
@@ -149,7 +153,7 @@ class HttpServer:
         self.expired = 0  # connections closed for sending no request head in time
         self.cut = 0  # requests not answered (or not taken by the client) in time
         self.app = app if app is not None else web.Application(client_max_size=MAX_BODY)
-        self.app.middlewares.append(self._guard)
+        self.app.middlewares.insert(0, self._guard)  # outermost: it accounts for connections
         for path, route in routes.items():
             self.app.router.add_get(path, _plain(route))
         self._connections: dict[asyncio.Transport, _Connection] = {}
