@@ -8,10 +8,11 @@ the guarantees the probes were given before:
   sends it in one packet), and between keep-alive requests it may idle as long;
 - at most `max_waiting` connections may wait for a request head, `max_per_address` of them
   from one address; a newcomer over either limit closes the *oldest* waiting connection (an
-  idle or trickling client), so probes are answered whatever other clients do; a connection
-  that is being answered is never cut off to make room;
+  idle or trickling client) that has waited at least `evict_after` seconds, so probes are
+  answered whatever other clients do; a connection that is being answered is never cut off
+  to make room, nor one just opened (a browser or an Ingress opens several at once);
 - at most `max_connections` connections in all (the event stream's clients included); beyond
-  that a newcomer that finds nobody waiting to evict is closed at once (`refused`);
+  that a newcomer that finds nobody to evict is closed at once (`refused`);
 - a request (other than an event stream, which bounds itself) must be answered and its answer
   taken by the client within `request_timeout` seconds, else the connection is cut, so a client
   that never reads cannot hold a connection; request bodies are at most `max_body` bytes (413);
@@ -38,6 +39,7 @@ REQUEST_TIMEOUT = 10.0  # seconds to answer a request and hand the answer to a s
 MAX_WAITING = 16  # connections waiting for a request head
 MAX_PER_ADDRESS = 4  # of those, from one address: kubelet and a scraper need one each
 MAX_CONNECTIONS = 300  # in all: the event stream's clients (200 by default) and the rest
+EVICT_AFTER = 0.25  # seconds a connection waits for its head before it may be evicted
 MAX_BODY = 64 * 1024  # bytes of a request body: the API takes small JSON objects
 MAX_LINE = 8190  # bytes of the request line and of each header field (aiohttp's default)
 
@@ -139,6 +141,7 @@ class HttpServer:
         max_waiting: int = MAX_WAITING,
         max_per_address: int = MAX_PER_ADDRESS,
         max_connections: int = MAX_CONNECTIONS,
+        evict_after: float = EVICT_AFTER,
     ) -> None:
         self.address = address
         self.port = port
@@ -147,6 +150,7 @@ class HttpServer:
         self.max_waiting = max_waiting
         self.max_per_address = max_per_address
         self.max_connections = max_connections
+        self.evict_after = evict_after
         self.requests = 0  # requests that reached a handler, for tests and metrics
         self.refused = 0  # connections closed unanswered: over the limit, nobody to evict
         self.evicted = 0  # connections closed while waiting for a head, to make room
@@ -229,8 +233,9 @@ class HttpServer:
     def _admit(self, transport: asyncio.Transport) -> bool:
         """Admit a new connection, evicting the oldest waiting one where a limit says so."""
         assert self._loop is not None
+        now = self._loop.time()
         peer = transport.get_extra_info("peername")
-        newcomer = _Connection(transport, str(peer[0]) if peer else "", self._loop.time())
+        newcomer = _Connection(transport, str(peer[0]) if peer else "", now)
         waiting = [c for c in self._connections.values() if c.waiting]
         same = [c for c in waiting if c.address == newcomer.address]
         if len(same) >= self.max_per_address:
@@ -239,13 +244,15 @@ class HttpServer:
             pool = waiting
         else:
             pool = []
-        if pool or len(self._connections) >= self.max_connections:
-            if not pool:
-                self.refused += 1
-                return False
-            victim = min(pool, key=lambda c: c.waiting_since)
-            self._drop(victim)
+        # Only a connection that has had time to send its head is taken for idle: a browser
+        # (or an Ingress) opens several at once, and their heads are read a moment later.
+        idle = [c for c in pool if now - c.waiting_since >= self.evict_after]
+        if idle:
+            self._drop(min(idle, key=lambda c: c.waiting_since))
             self.evicted += 1
+        elif len(self._connections) >= self.max_connections:
+            self.refused += 1
+            return False
         self._connections[transport] = newcomer
         self._wait_for_head(newcomer)
         return True
