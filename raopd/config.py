@@ -432,7 +432,7 @@ class Config:
         "str",
         "command run when a stream starts",
         shown="none",
-        topic="Hooks",
+        topic="Hooks and webhooks",
         metavar="COMMAND",
     )
     run_after_play_ends: str | None = _setting(
@@ -888,6 +888,18 @@ _SPS_CONVERTED: dict[str, tuple[str, str]] = {
     "pipe.name": ("output", 'with `output_backend = "pipe"` (default /tmp/shairport-sync-audio)'),
     "diagnostics.log_verbosity": ("log_level", "0 -> `info`, 1 -> `debug`, 2 and 3 -> `trace`"),
     "diagnostics.disable_resend_requests": ("resend", "inverted: `yes` -> `resend = false`"),
+    "metadata.enabled": (
+        "metadata_pipe",
+        "`yes` -> `metadata_pipe` = `metadata.pipe_name` (default /tmp/shairport-sync-metadata); "
+        "every other metadata setting needs it",
+    ),
+    "metadata.pipe_name": ("metadata_pipe", 'with `metadata.enabled = "yes"`'),
+    "metadata.pipe_timeout": ("metadata_pipe_timeout", "milliseconds there, seconds here"),
+    "metadata.socket_msglength": (
+        "metadata_socket_msglength",
+        "clipped to 500..65000, as shairport-sync does",
+    ),
+    "mqtt.enabled": ("mqtt_host", "`no`: every other mqtt setting is ignored (warning)"),
 }
 _SPS_DEFAULT_PIPE = "/tmp/shairport-sync-audio"  # shairport-sync's own default
 _SPS_DEFAULT_METADATA_PIPE = "/tmp/shairport-sync-metadata"

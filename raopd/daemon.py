@@ -152,7 +152,7 @@ class EventRouter:
         self._flush_scheduled = False
         # The player state and its consumers (pipe, MQTT, hooks, log) get every other event.
         self.house: House | None = None
-        self._flushed = False  # the house hears once when audio resumes after a flush
+        self._flushed = False  # the house hears once when audio (re)starts after RECORD/FLUSH
         # Closed while play-start hooks run with wait_for_completion: audio is held back
         # here, then handed on when they are done; the playout skips (and counts) what is
         # late by then, so the first note comes right after the hooks and in sync.
@@ -188,6 +188,7 @@ class EventRouter:
         elif isinstance(event, StreamStarted):
             self.state.sessions_started += 1
             self.state.playing = session
+            self._flushed = True  # the first audio is a "resume" too
         elif isinstance(event, SessionEnded) and self.state.playing is session:
             self.state.playing = None
             output.submit(EndStream())

@@ -96,6 +96,8 @@ class SessionView(Protocol):
     def params(self) -> StreamParams | None: ...
     @property
     def arbiter(self) -> PlayArbiter: ...
+    @property
+    def volume(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +280,10 @@ class PlayerTracker:
         self.state = PlayerState()
         self.counters = TrackerCounters()
         self._session: SessionView | None = None  # the session the state describes
+        self._volume_seen = False  # the session set a volume before it started playing
+        # Audio is awaited after RECORD or a flush: its arrival is a RESUME, as shairport-sync
+        # sends `prsm` whenever playback (re)starts.
+        self._awaiting_audio = False
 
     @property
     def session(self) -> SessionView | None:
@@ -326,10 +332,12 @@ class PlayerTracker:
             )
             changes.append(self._change(ChangeKind.PROGRESS, now, progress=value))
         elif isinstance(event, VolumeChanged):
+            self._volume_seen = True
             volume = Volume(event.volume, self._db_of(event.volume))
             changes.append(self._change(ChangeKind.VOLUME, now, volume=volume))
         elif isinstance(event, Flushed):
             if self.state.status is Status.PLAYING:
+                self._awaiting_audio = True
                 changes.append(
                     self._change(
                         ChangeKind.FLUSH, now, status=Status.PAUSED, rtptime=event.until_rtptime
@@ -344,9 +352,10 @@ class PlayerTracker:
         return changes
 
     def audio_resumed(self, now: float) -> list[Change]:
-        """Audio arrived after a flush: playing again."""
-        if self.state.status is not Status.PAUSED:
+        """Audio arrived after RECORD or a flush: playing (again)."""
+        if not self._awaiting_audio or self.state.status is Status.IDLE:
             return []
+        self._awaiting_audio = False
         return [self._change(ChangeKind.RESUME, now, status=Status.PLAYING)]
 
     def active_ended(self, now: float) -> list[Change]:
@@ -383,6 +392,7 @@ class PlayerTracker:
 
     def _take_over(self, session: SessionView, now: float) -> Change:
         self._session = session
+        self._volume_seen = False
         sender = Sender(
             session_id=session.session_id,
             name=clean_text(session.client_name) or "",
@@ -425,6 +435,7 @@ class PlayerTracker:
                 dacp_id=session.dacp_id,
                 active_remote=session.active_remote,
             )
+        self._awaiting_audio = True
         if not self.state.active:
             changes.append(self._change(ChangeKind.ACTIVE_BEGIN, now, active=True))
         changes.append(
@@ -437,6 +448,11 @@ class PlayerTracker:
                 rtptime=event.rtptime,
             )
         )
+        if not self._volume_seen and session is not None:
+            # Playing at the volume the sender has not set yet (the default): say which, as
+            # shairport-sync does with a pvol right after pbeg.
+            volume = Volume(session.volume, self._db_of(session.volume))
+            changes.append(self._change(ChangeKind.VOLUME, now, volume=volume))
         return changes
 
     def _artwork(self, event: ArtworkReceived, now: float) -> list[Change]:

@@ -55,7 +55,9 @@ def test_a_stream_from_first_request_to_teardown():
         ChangeKind.SENDER,
         ChangeKind.ACTIVE_BEGIN,
         ChangeKind.PLAY_BEGIN,
+        ChangeKind.VOLUME,  # the volume it plays at until the sender sets one
     ]
+    assert changes[-1].state.volume is not None and changes[-1].state.volume.airplay == -15.0
     state = changes[-1].state
     assert state.status is Status.PLAYING and state.active
     assert state.sender is not None
@@ -106,6 +108,9 @@ def test_a_stream_from_first_request_to_teardown():
     assert progress.state.progress is not None
     assert progress.state.progress.position_s == 1.0 and progress.state.progress.duration_s == 10.0
 
+    started = tracker.audio_resumed(5.5)  # the first audio after RECORD: shairport-sync's prsm
+    assert [c.kind for c in started] == [ChangeKind.RESUME]
+    assert tracker.audio_resumed(5.6) == []
     session.receive_data(request("FLUSH", cseq=8, RTP_Info="seq=200;rtptime=90000"), 6.0)
     changes = run(tracker, session, now=6.0)
     assert [c.kind for c in changes] == [ChangeKind.FLUSH]
