@@ -374,6 +374,7 @@ def make_web(state: DaemonState) -> Web:
         tokens=tuple(t for t in (config.api_token, config.password) if t),
         tokens_for_reading=config.api_token_for_reading,
         max_event_clients=config.web_event_clients,
+        speaker=state.receiver.name,
     )
 
 

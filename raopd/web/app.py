@@ -88,6 +88,7 @@ def build(
     tokens: tuple[str, ...] = (),
     tokens_for_reading: bool = False,
     max_event_clients: int = 200,
+    speaker: str = "raopd",
 ) -> Web:
     """The web application over the player state (`state()`) and remote control."""
 
@@ -99,6 +100,7 @@ def build(
             wall_now=wall_now,
             output=output(),
             change=change,
+            speaker=speaker,
         )
 
     hub = EventHub(document, clock.wall, max_event_clients)

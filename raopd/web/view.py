@@ -62,6 +62,7 @@ def state_document(
     wall_now: float,
     output: OutputInfo,
     change: str | None = None,
+    speaker: str = "raopd",
 ) -> dict[str, object]:
     """The API's view of `state` at (`monotonic_now`, `wall_now`)."""
 
@@ -88,6 +89,7 @@ def state_document(
     sync = state.sync
     return {
         "server_time": round(wall_now, 3),
+        "speaker": speaker,
         "change": change,
         "status": state.status.value,
         "active": state.active,

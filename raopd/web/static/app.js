@@ -31,6 +31,8 @@ function render(state) {
   receivedAt = performance.now();
   document.body.dataset.status = state.status;
   document.body.dataset.serverTime = String(state.server_time);  // when the server made it
+  text("speaker", state.speaker);
+  document.title = state.speaker + " – raopd";
   const sender = state.sender;
   const words = { idle: "Idle", playing: "Playing", paused: "Paused" };
   text("status", words[state.status] + (sender && state.status !== "idle" ? " from " + sender.name : ""));
