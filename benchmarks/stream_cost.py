@@ -18,10 +18,13 @@ prints one JSON object:
 Every run sends what an iPhone sends for a track (DMAP, a JPEG cover, progress); `--house`
 also turns on the metadata pipe (read by a thread here), MQTT (to a Mosquitto started here,
 loopback only) and play start/end hooks, to measure what the house integration costs.
+`--page` opens the web page's event stream (/api/v1/events, read by a client here, as an open
+page would) for the whole stream, then times 100 requests each of /metrics and /api/v1/state
+on loopback (client-side, connection included: `http_ms` gives median, p95 and max).
 
 Targets: at most 1.0 s CPU per audio minute and 64 MB peak RSS.
 
-    python benchmarks/stream_cost.py [--seconds 60] [--speed 1.0] [--house]
+    python benchmarks/stream_cost.py [--seconds 60] [--speed 1.0] [--house] [--page]
 
 The same stream can be measured against another receiver that is already running, for a
 ratio taken on the same machine at the same time (absolute CPU times here vary by +-15 %
@@ -33,20 +36,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from raopd.tools.sender import RaopSender, SenderOptions, load_wav  # noqa: E402
-from tests.e2e.daemon import DEVICE_ID, Daemon, read_wav  # noqa: E402
+from tests.e2e.daemon import DEVICE_ID, Daemon, free_tcp_port, read_wav  # noqa: E402
 from tests.house.broker import Broker  # noqa: E402
 
 COVER = ROOT / "tests" / "captures" / "art.jpg"
@@ -147,7 +153,55 @@ def drain_fifo(path: Path) -> None:
     threading.Thread(target=read, daemon=True).start()
 
 
-async def run(seconds: float, speed: float, house: bool = False) -> dict[str, object]:
+class Page:
+    """What an open page does: read the event stream for as long as it is open."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.session = aiohttp.ClientSession()
+        self.events = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        opened = asyncio.Event()
+
+        async def read() -> None:
+            async with self.session.get(self.base + "/api/v1/events") as reply:
+                assert reply.status == 200, reply.status
+                opened.set()
+                async for line in reply.content:
+                    self.events += line.startswith(b"event: ")
+
+        self.task = asyncio.create_task(read())
+        await asyncio.wait_for(opened.wait(), 30)
+
+    async def timings(self, path: str, count: int = 100) -> dict[str, float]:
+        """Milliseconds for `count` GETs of `path`, one after the other."""
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            async with self.session.get(self.base + path) as reply:
+                await reply.read()
+                assert reply.status == 200, (path, reply.status)
+            times.append((time.perf_counter() - started) * 1000)
+        times.sort()
+        return {
+            "median": round(times[len(times) // 2], 2),
+            "p95": round(times[int(len(times) * 0.95)], 2),
+            "max": round(times[-1], 2),
+        }
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.session.close()
+
+
+async def run(
+    seconds: float, speed: float, house: bool = False, page: bool = False
+) -> dict[str, object]:
     """raopd, started here with --output to a WAV file (and with --house: the metadata pipe
     with a reader, MQTT to a Mosquitto started here, and hooks for play start/end/volume)."""
     source = test_audio(seconds)
@@ -164,13 +218,28 @@ async def run(seconds: float, speed: float, house: bool = False) -> dict[str, ob
                 "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port),
                 "--run-before-play-begins", "true", "--run-after-play-ends", "true",
             ]  # fmt: skip
+        viewer = None
+        if page:
+            http_port = free_tcp_port()
+            extra += ["--http-port", str(http_port)]
+            viewer = Page(http_port)
         daemon = Daemon(Path(tmp), extra)
         await daemon.start()
         assert daemon.process is not None
         sender = sender_for("127.0.0.1", daemon.port, speed, bytes.fromhex(DEVICE_ID))
         try:
+            if viewer is not None:
+                await viewer.open()
             result = await measure(sender, daemon.process.pid, source, metadata=True)
+            if viewer is not None:
+                result["page_events"] = viewer.events
+                result["http_ms"] = {
+                    "metrics": await viewer.timings("/metrics"),
+                    "state": await viewer.timings("/api/v1/state"),
+                }
         finally:
+            if viewer is not None:
+                await viewer.close()
             code = await daemon.stop()
             if broker is not None:
                 broker.stop()
@@ -178,6 +247,7 @@ async def run(seconds: float, speed: float, house: bool = False) -> dict[str, ob
     return {
         "receiver": "raopd",
         "house": house,
+        "page": page,
         **result,
         "speed": speed,
         "bit_exact": bool(out.shape == source.shape and np.array_equal(out, source)),
@@ -218,6 +288,11 @@ def main() -> None:
         action="store_true",
         help="with the metadata pipe (and a reader), MQTT (a local Mosquitto) and hooks on",
     )
+    parser.add_argument(
+        "--page",
+        action="store_true",
+        help="with the web page's event stream open, then time /metrics and /api/v1/state",
+    )
     args = parser.parse_args()
     if args.against:
         if args.pid is None:
@@ -226,7 +301,7 @@ def main() -> None:
             run_against(args.against, args.pid, args.raw_output, args.seconds, args.speed)
         )
     else:
-        line = asyncio.run(run(args.seconds, args.speed, args.house))
+        line = asyncio.run(run(args.seconds, args.speed, args.house, args.page))
     print(json.dumps(line))
 
 
