@@ -295,9 +295,19 @@ async def test_bad_requests_get_json_errors(start_daemon):
             api.base + "/api/v1/volume", data=b"x" * (128 * 1024), headers=auth
         ) as reply:
             assert reply.status == 413 and (await reply.json())["error"] == "body_too_large"
+        assert await metric(api, "raopd_api_unauthorized_total") == 3
+        assert await metric(api, "raopd_api_control_refused_total") == 2
     finally:
         await api.close()
     await daemon.stop()
+
+
+async def metric(api: Api, name: str) -> float:
+    async with api.session.get(api.base + "/metrics") as reply:
+        for line in (await reply.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
 
 
 def rss_kb(pid: int) -> int:
@@ -369,6 +379,9 @@ async def test_many_event_clients_and_one_that_never_reads(start_daemon, test30)
         await api.wait_state("volume", lambda s: s["volume"]["airplay"] == -10.0 - (599 % 20))
         await asyncio.sleep(0.5)
         assert reading.changes().count("volume") == 600  # a reader keeps up and gets all
+        assert await metric(api, "raopd_web_event_clients_dropped_total") == 1
+        assert await metric(api, "raopd_web_event_clients_refused_total") == 1
+        assert await metric(api, "raopd_web_event_clients") == 1
         await reading.close()
         await play
         await sender.teardown()
