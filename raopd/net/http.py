@@ -158,6 +158,7 @@ class HttpServer:
         self.cut = 0  # requests not answered (or not taken by the client) in time
         self.app = app if app is not None else web.Application(client_max_size=MAX_BODY)
         self.app.middlewares.insert(0, self._guard)  # outermost: it accounts for connections
+        self.app.on_response_prepare.append(_server_header)
         for path, route in routes.items():
             self.app.router.add_get(path, _plain(route))
         self._connections: dict[asyncio.Transport, _Connection] = {}
@@ -313,6 +314,10 @@ class HttpServer:
         finally:
             if connection is not None and connection.transport in self._connections:
                 self._wait_for_head(connection)  # keep-alive: idle again, evictable
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "raopd"  # not the Python and aiohttp versions
 
 
 def _plain(route: Route) -> Handler:

@@ -3,7 +3,8 @@
 Finds the receiver over mDNS with pyatv's public `scan` (multicast, or unicast mDNS to
 `--host`), connects with `pyatv.connect`, sets the RAOP service's password when given, and
 streams a file with `atv.stream.stream_file` (with --title/--artist/--album/--artwork as its
-metadata when given; --volume-at S:P sets the volume to P percent S seconds in). The last line on stdout is one JSON object:
+metadata when given; --volume-at S:P sets the volume to P percent S seconds in). The last
+line on stdout is one JSON object:
 {"result": "ok"} or {"result": "error", "type": <exception class>, "message": ...}, and
 "scanned" is printed (flushed) before streaming starts so a test can tell the phases apart.
 pyatv's own log goes to stderr.

@@ -310,6 +310,26 @@ async def metric(api: Api, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
+async def test_a_token_for_reading_closes_the_api_but_not_the_page_or_probes(start_daemon):
+    daemon, api = await start_with_http(
+        start_daemon, "--api-token", "s3cret", "--api-token-for-reading"
+    )
+    auth = {"Authorization": "Bearer s3cret"}
+    try:
+        for path in ("/api/v1/state", "/api/v1/history", "/api/v1/events", "/api/v1/artwork"):
+            status, error, _ = await api.call("GET", path)
+            assert (status, error["error"]) == (401, "unauthorized"), path
+        status, state, _ = await api.call("GET", "/api/v1/state", headers=auth)
+        assert status == 200 and state["status"] == "idle"
+        for path in ("/", "/static/app.js", "/healthz", "/metrics"):
+            async with api.session.get(api.base + path) as reply:
+                assert reply.status == 200, path
+                assert reply.headers["Server"] == "raopd"
+    finally:
+        await api.close()
+    await daemon.stop()
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:

@@ -16,6 +16,7 @@ PipeWire and PulseAudio senders leave it out.
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 import struct
 from dataclasses import dataclass, field
@@ -196,7 +197,7 @@ def wire_audio(path: Path, server_port: int = 5000) -> WireAudio:
 def _sequence_order(seqs: list[int]) -> list[int]:
     """Sequence numbers in stream order across one 16-bit wrap."""
     seqs = sorted(seqs)
-    gaps = [(b - a, i) for i, (a, b) in enumerate(zip(seqs, seqs[1:], strict=False))]
+    gaps = [(b - a, i) for i, (a, b) in enumerate(itertools.pairwise(seqs))]
     if gaps and max(gaps)[0] > 0x8000:  # wrapped: the largest gap is where the stream starts
         cut = max(gaps)[1] + 1
         seqs = seqs[cut:] + seqs[:cut]
