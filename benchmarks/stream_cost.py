@@ -19,8 +19,8 @@ Every run sends what an iPhone sends for a track (DMAP, a JPEG cover, progress);
 also turns on the metadata pipe (read by a thread here), MQTT (to a Mosquitto started here,
 loopback only) and play start/end hooks, to measure what the house integration costs.
 `--page` opens the web page's event stream (/api/v1/events, read by a client here, as an open
-page would) for the whole stream, then times 100 requests each of /metrics and /api/v1/state
-on loopback (client-side, connection included: `http_ms` gives median, p95 and max).
+page would) for the whole stream, then times 100 requests each of /metrics, /api/v1/state and
+/healthz on loopback (client-side, connection included: `http_ms` gives median, p95, max).
 
 Targets: at most 1.0 s CPU per audio minute and 64 MB peak RSS.
 
@@ -236,6 +236,7 @@ async def run(
                 result["http_ms"] = {
                     "metrics": await viewer.timings("/metrics"),
                     "state": await viewer.timings("/api/v1/state"),
+                    "healthz": await viewer.timings("/healthz"),
                 }
         finally:
             if viewer is not None:
