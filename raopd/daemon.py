@@ -530,7 +530,7 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             )
             await http.start()
             stack.push_async_callback(http.close)
-            stack.callback(state.web.hub.close)  # event streams end before the server closes
+            stack.push_async_callback(state.web.hub.close)  # streams end before the server
             state.http = http
 
         sink = open_sink(config)

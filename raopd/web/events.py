@@ -128,10 +128,15 @@ class EventHub:
         client.close()
         self.clients.discard(client)
 
-    def close(self) -> None:
-        """End every stream (shutdown)."""
+    async def close(self, timeout: float = 1.0) -> None:
+        """End every stream (shutdown), giving their handlers `timeout` seconds to say goodbye
+        (the end of the chunked body) before the server cuts the connections."""
         for client in list(self.clients):
-            self.disconnect(client)
+            client.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.clients and loop.time() < deadline:
+            await asyncio.sleep(0.01)
 
     def current(self, state: PlayerState) -> bytes:
         """The event a new client gets first: the state as it is."""

@@ -297,9 +297,13 @@ async def test_bad_requests_get_json_errors(start_daemon):
             assert reply.status == 413 and (await reply.json())["error"] == "body_too_large"
         assert await metric(api, "raopd_api_unauthorized_total") == 3
         assert await metric(api, "raopd_api_control_refused_total") == 2
+        # An open event stream does not hold up shutdown: it ends, and raopd exits cleanly.
+        events = EventReader(api)
+        await asyncio.wait_for(events.opened.wait(), DEADLINE)
+        assert await daemon.stop() == 0
+        await asyncio.wait_for(events.task, DEADLINE)  # the stream ended cleanly
     finally:
         await api.close()
-    await daemon.stop()
 
 
 async def metric(api: Api, name: str) -> float:
