@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -588,3 +589,74 @@ async def test_huge_and_garbage_metadata_never_stop_the_stream(start_daemon, tes
     # The log line is clean text.
     line = next(x for x in daemon.log if "now playing:" in x)
     assert "\x1b" not in line and "\x00" not in line
+
+
+async def test_broker_down_at_start_is_said_once_and_joined_when_it_comes(
+    start_daemon, test30, tmp_path
+):
+    broker = Broker(tmp_path)  # its port, but not running yet
+    daemon: Daemon = await start_daemon(
+        "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port), "--mqtt-topic", "late",
+    )  # fmt: skip
+    pcm = np.ascontiguousarray(test30[: 4 * 44100])
+    sender = RaopSender("127.0.0.1", daemon.port, sender_options())
+    await sender.connect()
+    play = asyncio.create_task(sender.play(pcm))
+    await wait_until(lambda: any("MQTT: cannot reach" in x for x in daemon.log), "the one warning")
+    await asyncio.sleep(3.5)  # retries at 1 and 2 s later: none of them logs again
+    assert sum("MQTT: cannot reach" in x for x in daemon.log) == 1
+    await asyncio.to_thread(broker.start)
+    try:
+        await wait_until(lambda: any("MQTT: connected" in x for x in daemon.log), "connected")
+        await play
+        await sender.teardown()
+        await sender.close()
+        assert await daemon.stop() == 0
+    finally:
+        broker.stop()
+    assert np.array_equal(read_wav(daemon.output), pcm)  # audio never waited for MQTT
+
+
+def test_unfixable_error_runs_its_hook_before_raopd_exits(tmp_path):
+    """The RTSP port is taken: raopd cannot work, runs run_on_unfixable_error (waited for, with
+    the error in RAOPD_REASON), then exits non-zero."""
+    import subprocess
+
+    marker = tmp_path / "error.txt"
+    hook = tmp_path / "on_error.sh"
+    hook.write_text(f'#!/bin/sh\necho "$RAOPD_EVENT: $RAOPD_REASON" > {marker}\n')
+    hook.chmod(0o755)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAOPD_")}
+        env["PYTHONPATH"] = str(ROOT)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "raopd",
+                "--port",
+                str(port),
+                "--address",
+                "127.0.0.1",
+                "--interface",
+                "127.0.0.1",
+                "--http-port",
+                "0",
+                "--output",
+                str(tmp_path / "o.wav"),
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--run-on-unfixable-error",
+                str(hook),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+        )
+    assert done.returncode != 0
+    text = marker.read_text()
+    assert text.startswith("error: raopd stops:") and "address already in use" in text.lower()
