@@ -86,7 +86,7 @@ def chromium(profile: Path) -> Iterator[webdriver.Chrome]:
         "--no-sandbox",  # root in CI
         "--disable-gpu",
         "--disable-dev-shm-usage",
-        "--window-size=412,1200",
+        "--window-size=412,1700",  # a phone's width; tall enough for the whole page
         f"--user-data-dir={profile}",
         "--no-first-run",
         "--disable-background-networking",
@@ -125,6 +125,16 @@ def test_the_page_follows_stock_pyatv_and_its_buttons_work(lan, raopd, pyatv_sen
         driver.get(page)
         wait("the page to say idle", lambda: text(driver, "status") == "Idle")
         driver.execute_script(STATUS_LOG)
+        # Every control has a name a screen reader can say, and the keyboard reaches it.
+        unnamed = driver.execute_script(
+            "return [...document.querySelectorAll('button, input')].filter(e => "
+            "!(e.getAttribute('aria-label') || (e.labels && e.labels.length) || "
+            "e.textContent.trim())).map(e => e.outerHTML);"
+        )
+        assert unnamed == []
+        assert driver.execute_script(
+            "return [...document.querySelectorAll('button, input')].every(e => e.tabIndex >= 0);"
+        )
 
         # 1. What pyatv sends shows up.
         sender = pyatv_sender(
