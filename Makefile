@@ -23,7 +23,7 @@ ARCHIVE ?= $(OUT)/raopd-arm64.tar
 # Kubernetes versions whose schemas the manifests must satisfy (oldest we
 # claim to support and the newest kubernetes-validate ships).
 K8S_VERSIONS ?= 1.28.0 1.37.0
-KUSTOMIZE_DIRS := k8s k8s/daemonset
+KUSTOMIZE_DIRS := k8s k8s/daemonset k8s/web-example
 
 # Debian packages: mmdebstrap (arm64 rootfs without emulation), the aarch64
 # cross compiler + libc headers (pyalsaaudio), qemu-user-static (smoke test),

@@ -18,11 +18,14 @@ prints one JSON object:
 Every run sends what an iPhone sends for a track (DMAP, a JPEG cover, progress); `--house`
 also turns on the metadata pipe (read by a thread here), MQTT (to a Mosquitto started here,
 loopback only) and play start/end hooks, to measure what the house integration costs.
+`--page` opens the web page's event stream (/api/v1/events, read by a client here, as an open
+page would) for the whole stream, then times 100 requests each of /metrics, /api/v1/state and
+/healthz on loopback (client-side, connection included: `http_ms` gives median, p95, max).
 
 Targets: at most 1.0 s CPU per audio minute and 64 MB peak RSS.
 
     python benchmarks/stream_cost.py [--seconds 60] [--speed 1.0] [--codec alac-verbatim]
-        [--receiver-root CHECKOUT] [--house]
+        [--receiver-root CHECKOUT] [--house] [--page]
 
 `--codec alac-verbatim-noend` sends verbatim frames as PipeWire and PulseAudio do (no END
 element); `--receiver-root` measures another checkout's raopd (e.g. an export of main) with
@@ -38,13 +41,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +64,7 @@ from raopd.tools.sender import (  # noqa: E402
     SenderOptions,
     load_wav,
 )
-from tests.e2e.daemon import DEVICE_ID, Daemon, read_wav  # noqa: E402
+from tests.e2e.daemon import DEVICE_ID, Daemon, free_tcp_port, read_wav  # noqa: E402
 from tests.house.broker import Broker  # noqa: E402
 
 COVER = ROOT / "tests" / "captures" / "art.jpg"
@@ -171,6 +177,52 @@ def drain_fifo(path: Path) -> None:
     threading.Thread(target=read, daemon=True).start()
 
 
+class Page:
+    """What an open page does: read the event stream for as long as it is open."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.session = aiohttp.ClientSession()
+        self.events = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        opened = asyncio.Event()
+
+        async def read() -> None:
+            async with self.session.get(self.base + "/api/v1/events") as reply:
+                assert reply.status == 200, reply.status
+                opened.set()
+                async for line in reply.content:
+                    self.events += line.startswith(b"event: ")
+
+        self.task = asyncio.create_task(read())
+        await asyncio.wait_for(opened.wait(), 30)
+
+    async def timings(self, path: str, count: int = 100) -> dict[str, float]:
+        """Milliseconds for `count` GETs of `path`, one after the other."""
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            async with self.session.get(self.base + path) as reply:
+                await reply.read()
+                assert reply.status == 200, (path, reply.status)
+            times.append((time.perf_counter() - started) * 1000)
+        times.sort()
+        return {
+            "median": round(times[len(times) // 2], 2),
+            "p95": round(times[int(len(times) * 0.95)], 2),
+            "max": round(times[-1], 2),
+        }
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.session.close()
+
+
 async def run(
     seconds: float,
     speed: float,
@@ -178,10 +230,11 @@ async def run(
     root: Path = ROOT,
     latency_frames: int = DEFAULT_LATENCY_FRAMES,
     house: bool = False,
+    page: bool = False,
 ) -> dict[str, object]:
     """raopd (of the checkout `root`), started here with --output to a WAV file (and with
     `house`: the metadata pipe with a reader, MQTT to a Mosquitto started here, and hooks for
-    play start/end)."""
+    play start/end; with `page`: the web page's event stream open)."""
     source = test_audio(seconds)
     with tempfile.TemporaryDirectory(prefix="raopd-bench-") as tmp:
         extra: list[str] = []
@@ -196,6 +249,11 @@ async def run(
                 "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port),
                 "--run-before-play-begins", "true", "--run-after-play-ends", "true",
             ]  # fmt: skip
+        viewer = None
+        if page:
+            http_port = free_tcp_port()
+            extra += ["--http-port", str(http_port)]
+            viewer = Page(http_port)
         daemon = Daemon(Path(tmp), extra, root)
         await daemon.start()
         assert daemon.process is not None
@@ -203,8 +261,19 @@ async def run(
             "127.0.0.1", daemon.port, speed, bytes.fromhex(DEVICE_ID), codec, latency_frames
         )
         try:
+            if viewer is not None:
+                await viewer.open()
             result = await measure(sender, daemon.process.pid, source, metadata=True)
+            if viewer is not None:
+                result["page_events"] = viewer.events
+                result["http_ms"] = {
+                    "metrics": await viewer.timings("/metrics"),
+                    "state": await viewer.timings("/api/v1/state"),
+                    "healthz": await viewer.timings("/healthz"),
+                }
         finally:
+            if viewer is not None:
+                await viewer.close()
             code = await daemon.stop()
             if broker is not None:
                 broker.stop()
@@ -214,6 +283,7 @@ async def run(
         "codec": codec,
         "sync_latency_frames": latency_frames,
         "house": house,
+        "page": page,
         **result,
         "speed": speed,
         "bit_exact": bool(out.shape == source.shape and np.array_equal(out, source)),
@@ -273,6 +343,11 @@ def main() -> None:
         action="store_true",
         help="with the metadata pipe (and a reader), MQTT (a local Mosquitto) and hooks on",
     )
+    parser.add_argument(
+        "--page",
+        action="store_true",
+        help="with the web page's event stream open, then time /metrics and /api/v1/state",
+    )
     args = parser.parse_args()
     if args.against:
         if args.pid is None:
@@ -289,6 +364,7 @@ def main() -> None:
                 args.receiver_root,
                 args.latency_frames,
                 args.house,
+                args.page,
             )
         )
     print(json.dumps(line))

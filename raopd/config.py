@@ -181,9 +181,16 @@ class Config:
     http_port: int = _setting(
         DEFAULT_HTTP_PORT,
         "int",
-        "HTTP port for /healthz, /readyz and /metrics (0: off)",
+        "HTTP port for the web page, the API (/api/v1), /healthz, /readyz and /metrics (0: off)",
         _int_range(0, 65535),
         metavar="PORT",
+    )
+    web_event_clients: int = _setting(
+        200,
+        "int",
+        "most clients of the API's event stream (/api/v1/events) at once; more get 503",
+        _int_range(1, 1000),
+        metavar="N",
     )
     udp_port_base: int = _setting(
         6001,
@@ -218,6 +225,20 @@ class Config:
         "read the password from this file (its first line), e.g. a mounted Kubernetes Secret",
         shown="none",
         metavar="FILE",
+    )
+    api_token: str | None = _setting(
+        None,
+        "str",
+        "token the HTTP API's control endpoints want as 'Authorization: Bearer <token>' (the "
+        "password is accepted too); with neither set, anyone on the LAN may control playback",
+        shown="none",
+        metavar="TOKEN",
+    )
+    api_token_for_reading: bool = _setting(
+        False,
+        "bool",
+        "want the token for the API's read-only endpoints too (the page, /healthz, /readyz and "
+        "/metrics stay open)",
     )
     # audio output
     device: str = _setting(
@@ -1020,6 +1041,9 @@ def describe_value(value: object) -> str:
     return repr(value)
 
 
+_SECRETS = frozenset({"password", "mqtt_password", "api_token"})
+
+
 def describe(config: Config) -> str:
     """The effective settings as TOML lines (passwords hidden), for --print-config or logs."""
     lines = []
@@ -1028,7 +1052,7 @@ def describe(config: Config) -> str:
         if value is None:
             lines.append(f"# {key} = (unset)")
             continue
-        if key == "password":
+        if key in _SECRETS:
             value = "********"
         lines.append(f"{key} = {describe_value(value)}")
     return "\n".join(lines)

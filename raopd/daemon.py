@@ -17,6 +17,7 @@ import logging
 import signal
 import socket
 from collections import deque
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -48,7 +49,7 @@ from raopd.house.hooks import Hooks, HookSettings
 from raopd.house.house import House, start_log, start_metadata_pipe
 from raopd.house.mqtt import MqttClient, MqttSettings
 from raopd.house.sps import VolumeRange
-from raopd.house.state import SyncFigures
+from raopd.house.state import PlayerState, SyncFigures
 from raopd.media import crypto
 from raopd.net.device_id import load_or_create_device_id
 from raopd.net.http import HttpServer
@@ -58,6 +59,9 @@ from raopd.output.mixer import HardwareMixer
 from raopd.output.player import EndStream, Flush, OutputThread, Push, SetGain, UseClock
 from raopd.output.sinks import AlsaSink, AudioSink, FileSink
 from raopd.output.statistics import format_statistics, not_as_sent
+from raopd.web import app as web_app
+from raopd.web.app import Web
+from raopd.web.view import Clock, OutputInfo
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,7 @@ class DaemonState:
     not_as_sent: tuple[RaopSession, int] | None = None
     house: House | None = None
     router: EventRouter | None = None
+    web: Web | None = None
 
 
 def open_sink(config: Config) -> AudioSink:
@@ -340,10 +345,13 @@ async def log_statistics(state: DaemonState, interval: float) -> None:
             logger.info("statistics: %s", statistics_line(state))
 
 
-def sync_figures(output: OutputThread) -> SyncFigures:
-    """The output's sync figures now, from its snapshot (the interval is not reset)."""
+def sync_figures(output: OutputThread, session: object | None = None) -> SyncFigures:
+    """The output's sync figures now, from its snapshot (the interval is not reset), with the
+    packet counters of the playing `session` (a RaopSession) when there is one."""
     snap = output.snapshot()
     stats = snap.playout
+    jitter = getattr(session, "jitter_stats", None)
+    session_stats = getattr(session, "stats", None)
     return SyncFigures(
         sync_error_ms=stats.sync_error_ms,
         correction_ppm=stats.correction_ppm,
@@ -352,6 +360,39 @@ def sync_figures(output: OutputThread) -> SyncFigures:
         frames_dropped=stats.frames_dropped,
         underruns=snap.sink.underruns if snap.sink is not None else 0,
         bit_exact=stats.bit_exact,
+        packets_lost=int(getattr(jitter, "lost", 0)),
+        packets_resent=int(getattr(session_stats, "resent_packets", 0)),
+    )
+
+
+def make_web(state: DaemonState) -> Web:
+    """The page and the API over the daemon's house (made later: read through `state`)."""
+    config = state.config
+
+    def player() -> PlayerState:
+        return state.house.fanout.state if state.house is not None else PlayerState()
+
+    def output() -> OutputInfo:
+        opened = state.output is not None and metrics.sink_opened(state.output.sink)
+        return OutputInfo(device=config.output or config.device, open=opened)
+
+    def remote() -> DacpRemote | None:
+        return state.house.remote if state.house is not None else None
+
+    def set_volume() -> Callable[[float], Awaitable[str | None]] | None:
+        dacp = remote()
+        return dacp.set_volume if dacp is not None else None
+
+    return web_app.build(
+        state=player,
+        clock=Clock(asyncio.get_running_loop().time),
+        output=output,
+        remote=remote,
+        set_volume=set_volume,
+        tokens=tuple(t for t in (config.api_token, config.password) if t),
+        tokens_for_reading=config.api_token_for_reading,
+        max_event_clients=config.web_event_clients,
+        speaker=state.receiver.name,
     )
 
 
@@ -507,13 +548,16 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
     async with AsyncExitStack() as stack:
         if config.http_port:
             # First, so that probes get an answer (not ready yet) while the rest starts.
+            state.web = make_web(state)
             http = HttpServer(
                 metrics.routes(state, metrics.make_registry(state)),
+                app=state.web.app,
                 address=config.address,
                 port=config.http_port,
             )
             await http.start()
             stack.push_async_callback(http.close)
+            stack.push_async_callback(state.web.hub.close)  # streams end before the server
             state.http = http
 
         sink = open_sink(config)
@@ -545,7 +589,7 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         house = House(
             db_of=router.volume_db,
             active_state_timeout=config.active_state_timeout,
-            sync_figures=lambda: sync_figures(output),
+            sync_figures=lambda: sync_figures(output, house.tracker.session),
         )
         remote = DacpRemote(
             lambda: state.mdns.zeroconf if state.mdns is not None else None,
@@ -557,6 +601,8 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         await start_house(house, config, stack, router, receiver.device_id)
         router.house = house
         state.house = house
+        if state.web is not None:
+            house.add_consumer("web", state.web.hub, maxlen=64)
 
         try:
             server = RtspServer(

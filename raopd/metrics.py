@@ -156,7 +156,7 @@ def _probe_response(ok: bool, problems: list[str], good: str) -> Response:
 
 
 def routes(state: DaemonState, registry: CollectorRegistry) -> dict[str, Route]:
-    """The HTTP pages: /healthz, /readyz, /metrics, and an index at /."""
+    """The probe and metrics routes: /healthz, /readyz, /metrics (the page at / is raopd.web)."""
 
     def healthz() -> Response:
         return _probe_response(*health(state), "ok")
@@ -167,10 +167,7 @@ def routes(state: DaemonState, registry: CollectorRegistry) -> dict[str, Route]:
     def metrics() -> Response:
         return Response(200, generate_latest(registry), CONTENT_TYPE)
 
-    def index() -> Response:
-        return Response.text(200, "raopd: /healthz /readyz /metrics")
-
-    return {"/": index, "/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
+    return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
 
 
 # -------------------------------------------------------------------------- metrics
@@ -389,6 +386,7 @@ class DaemonCollector(Collector):
 
         yield from self._output()
         yield from self._house()
+        yield from self._web()
 
     def _house(self) -> Iterator[Metric]:
         """The player state's consumers (raopd.house): what they delivered, dropped, failed."""
@@ -482,6 +480,45 @@ class DaemonCollector(Collector):
                 "raopd_audio_held_dropped_frames",
                 "Held frames dropped: held too long, or flushed",
                 router.held_dropped_frames,
+            )
+
+    def _web(self) -> Iterator[Metric]:
+        """The HTTP port (connections the guard closed) and the page's API and event stream."""
+        http = self.state.http
+        if http is not None:
+            yield _gauge("raopd_http_connections", "HTTP connections open", http.connections)
+            for name, value, doc in (
+                ("evicted", http.evicted, "closed while waiting for a head, to make room"),
+                ("refused", http.refused, "closed at once: too many connections"),
+                ("expired", http.expired, "closed for sending no request head in time"),
+                ("cut", http.cut, "closed for not taking an answer in time"),
+            ):
+                yield _counter(f"raopd_http_connections_{name}", f"HTTP connections {doc}", value)
+        web = self.state.web
+        if web is not None:
+            hub = web.hub
+            yield _gauge("raopd_web_event_clients", "Event streams open", len(hub.clients))
+            yield _counter(
+                "raopd_web_event_clients_dropped",
+                "Event streams cut off for falling behind (not reading)",
+                hub.counters.dropped,
+            )
+            yield _counter(
+                "raopd_web_event_clients_refused",
+                "Event streams refused: web_event_clients were open",
+                hub.counters.refused,
+            )
+            api = web.api.counters
+            yield _counter("raopd_api_control", "API control requests done", api.control)
+            yield _counter(
+                "raopd_api_control_refused",
+                "API control requests answered 409 (the sender cannot be controlled)",
+                api.refused,
+            )
+            yield _counter(
+                "raopd_api_unauthorized",
+                "API requests refused for no or a wrong token",
+                api.unauthorized,
             )
 
     def _output(self) -> Iterator[Metric]:

@@ -127,6 +127,23 @@ class DacpRemote:
             self.counters.refused += 1
         return refusal
 
+    async def set_volume(self, percent: float) -> str | None:
+        """Ask the sender to set its volume slider to `percent` (0..100) over DACP
+        (`setproperty?dmcp.volume=`); the sender then sends the new volume as usual. None when
+        done, else the reason it could not be."""
+        state = self._state()
+        sender = state.sender if state.status.value != "idle" else None
+        if sender is None:
+            self.counters.refused += 1
+            return "nothing is playing"
+        value = f"{min(max(percent, 0.0), 100.0):.6f}"
+        refusal = await self._send(sender, f"setproperty?dmcp.volume={value}")
+        if refusal is None:
+            self.counters.sent += 1
+        else:
+            self.counters.refused += 1
+        return refusal
+
     async def _send(self, sender: Sender, command: str) -> str | None:
         if not sender.dacp_id or not sender.active_remote:
             return f"{sender.display_name} offers no remote control (it sent no DACP-ID)"

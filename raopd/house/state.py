@@ -202,6 +202,8 @@ class SyncFigures:
     frames_dropped: int
     underruns: int
     bit_exact: bool
+    packets_lost: int = 0  # the playing session's packets never repaired (played as silence)
+    packets_resent: int = 0  # and those that arrived as resends
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,50 +1,54 @@
-"""A very small HTTP/1.1 server on the daemon's event loop, for probes and Prometheus.
+"""HTTP on `http_port`, on the daemon's event loop: aiohttp, behind a connection guard.
 
-It serves a fixed table of paths (`/healthz`, `/readyz`, `/metrics`), GET and HEAD only, one
-request per connection (`Connection: close`): that is all kubelet probes and a Prometheus
-scraper need, and it keeps the attack surface to one bounded read. A full web framework would
-be a heavy dependency for three read-only pages.
+aiohttp parses and answers requests (a well-kept server in place of the hand-written one
+raopd had); this module adds what a port that anyone on the LAN can reach needs around it,
+the guarantees the probes were given before:
 
-Defensive by construction, because anything on the network can reach the port:
-- the request head is at most `max_head_bytes` (431 beyond), must arrive within
-  `read_timeout` seconds (2: a probe sends it in one packet), and may not carry a body (413);
-- a malformed request line or header gets 400, an unknown version 505, another method 405,
-  an unknown path 404;
-- at most `max_connections` are served at once, `max_per_address` from one address; a
-  newcomer over either limit closes the oldest connection still waiting for its request head
-  (an idle or trickling client), so probes are answered whatever other clients do;
-- a handler that raises gets 500 and a log line; the server itself never stops for a client.
+- a connection must send a complete request head within `head_timeout` seconds (2: a probe
+  sends it in one packet), and between keep-alive requests it may idle as long;
+- at most `max_waiting` connections may wait for a request head, `max_per_address` of them
+  from one address; a newcomer over either limit closes the *oldest* waiting connection (an
+  idle or trickling client) that has waited at least `evict_after` seconds, so probes are
+  answered whatever other clients do; a connection that is being answered is never cut off
+  to make room, nor one just opened (a browser or an Ingress opens several at once);
+- at most `max_connections` connections in all (the event stream's clients included); beyond
+  that a newcomer that finds nobody to evict is closed at once (`refused`);
+- a request (other than an event stream, which bounds itself) must be answered and its answer
+  taken by the client within `request_timeout` seconds, else the connection is cut, so a client
+  that never reads cannot hold a connection; request bodies are at most `max_body` bytes (413);
+- plain routes (`Response` values from functions without arguments: the probes, the metrics)
+  keep their contract: GET and HEAD, `Cache-Control: no-store`, `Connection: close`; a route
+  that raises gets 500 and a log line; the server never stops for a client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
 import socket
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
 
 logger = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES = 8192
-MAX_HEADERS = 64
-READ_TIMEOUT = 2.0  # seconds for the whole request head: a probe sends it in one packet
-WRITE_TIMEOUT = 10.0  # seconds to hand the response to a slow reader before giving up
-MAX_CONNECTIONS = 16
-MAX_PER_ADDRESS = 4  # kubelet and a Prometheus scraper need one each
+HEAD_TIMEOUT = 2.0  # seconds for a request head to arrive (and for an idle keep-alive)
+REQUEST_TIMEOUT = 10.0  # seconds to answer a request and hand the answer to a slow reader
+MAX_WAITING = 16  # connections waiting for a request head
+MAX_PER_ADDRESS = 4  # of those, from one address: kubelet and a scraper need one each
+MAX_CONNECTIONS = 300  # in all: the event stream's clients (200 by default) and the rest
+EVICT_AFTER = 0.25  # seconds a connection waits for its head before it may be evicted
+MAX_BODY = 64 * 1024  # bytes of a request body: the API takes small JSON objects
+MAX_LINE = 8190  # bytes of the request line and of each header field (aiohttp's default)
 
-# RFC 9110 token characters, for methods and header names.
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TARGET = re.compile(rb"[\x21-\x7e]+")  # visible ASCII, no spaces or controls
-_VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """What a route returns: status, body and its media type, and any extra headers."""
+    """What a plain route returns: status, body and its media type, and any extra headers."""
 
     status: int
     body: bytes = b""
@@ -60,142 +64,107 @@ class Response:
 Route = Callable[[], Response]
 
 
-class BadRequest(Exception):
-    """The request cannot be served; `status` says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-@dataclass(slots=True)
-class _Client:
-    """One connection being served, for the connection limits."""
+def streaming(handler: _F) -> _F:
+    """Mark a handler whose response is a long-lived stream: it bounds its own writes, and
+    the per-request time limit does not apply to it."""
+    handler._raopd_streaming = True  # type: ignore[attr-defined]
+    return handler
 
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    """One accepted connection, for the limits."""
+
+    transport: asyncio.Transport
     address: str
-    accepted_at: float
-    reading: bool = True  # still waiting for its request head
-    evicted: bool = False
+    waiting_since: float  # when it started waiting for a request head
+    waiting: bool = True
+    deadline: asyncio.TimerHandle | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """The parts of a request head the server looks at."""
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, admitted (or not) by the server's limits."""
 
-    method: str
-    path: str
-    version: tuple[int, int]
-    headers: dict[str, str]
+    def __init__(self, inner: asyncio.Protocol, server: HttpServer) -> None:
+        self._inner = inner
+        self._server = server
+        self._admitted = False
+        self._transport: asyncio.Transport | None = None
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._admitted = self._server._admit(transport)
+        if self._admitted:
+            self._inner.connection_made(transport)
+        else:
+            transport.abort()
 
-def parse_head(head: bytes) -> Request:
-    """Parse a request head (request line and headers, CRLF CRLF included or not).
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._admitted:
+            self._admitted = False
+            assert self._transport is not None
+            self._server._forget(self._transport)
+            self._inner.connection_lost(exc)
 
-    Raises `BadRequest` with 400, 413 or 505; never anything else.
-    """
-    lines = head.split(b"\r\n")
-    while lines and lines[-1] == b"":
-        lines.pop()
-    # RFC 9112 §2.2: a server should ignore at least one empty line before the request line.
-    while lines and lines[0] == b"":
-        lines.pop(0)
-    if not lines:
-        raise BadRequest(400, "empty request")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3:
-        raise BadRequest(400, "malformed request line")
-    method, target, version = parts
-    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
-        raise BadRequest(400, "malformed request line")
-    match = _VERSION.fullmatch(version)
-    if match is None:
-        raise BadRequest(400, "malformed HTTP version")
-    major, minor = int(match[1]), int(match[2])
-    if major != 1:
-        raise BadRequest(505, "only HTTP/1.x is supported")
-    if len(lines) - 1 > MAX_HEADERS:
-        raise BadRequest(431, "too many header fields")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise BadRequest(400, "malformed header field")
-        text = value.strip(b" \t")
-        if any((b < 0x20 and b != 0x09) or b == 0x7F for b in text):
-            raise BadRequest(400, "control character in a header field")
-        key = name.decode("ascii").lower()
-        # Repeated fields are joined as RFC 9110 §5.3 allows; only a few are read anyway.
-        decoded = text.decode("latin-1")
-        headers[key] = f"{headers[key]}, {decoded}" if key in headers else decoded
-    if "transfer-encoding" in headers:
-        raise BadRequest(413, "request bodies are not accepted")
-    length = headers.get("content-length", "0").strip()
-    if not length.isdigit():
-        raise BadRequest(400, "malformed Content-Length")
-    if int(length) != 0:
-        raise BadRequest(413, "request bodies are not accepted")
-    if major == 1 and minor >= 1 and "host" not in headers:
-        raise BadRequest(400, "HTTP/1.1 request without Host")
-    raw_path = target.split(b"?", 1)[0].split(b"#", 1)[0]
-    if raw_path.startswith((b"http://", b"https://")):  # absolute form: keep only the path
-        rest = raw_path.split(b"://", 1)[1]
-        slash = rest.find(b"/")
-        raw_path = rest[slash:] if slash >= 0 else b"/"
-    if not (raw_path.startswith(b"/") or raw_path == b"*"):
-        raise BadRequest(400, "malformed request target")
-    return Request(
-        method=method.decode("ascii"),
-        path=raw_path.decode("ascii"),
-        version=(major, minor),
-        headers=headers,
-    )
+    def data_received(self, data: bytes) -> None:
+        if self._admitted:
+            self._inner.data_received(data)
 
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._admitted else None
 
-def render(response: Response, *, head_only: bool) -> bytes:
-    """The response on the wire: HTTP/1.1, always Content-Length, always Connection: close."""
-    try:
-        reason = HTTPStatus(response.status).phrase
-    except ValueError:
-        reason = "Unknown"
-    lines = [
-        f"HTTP/1.1 {response.status} {reason}",
-        f"Content-Type: {response.content_type}",
-        f"Content-Length: {len(response.body)}",
-        "Cache-Control: no-store",
-        "Connection: close",
-        *(f"{name}: {value}" for name, value in response.headers),
-    ]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + response.body
+    def pause_writing(self) -> None:
+        if self._admitted:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._admitted:
+            self._inner.resume_writing()
 
 
 class HttpServer:
-    """Serves `routes` (path -> callable) on `address`:`port` ("" = all addresses)."""
+    """Serves `routes` (path -> plain route) and `app`'s own routes on `address`:`port`."""
 
     def __init__(
         self,
         routes: Mapping[str, Route],
         *,
+        app: web.Application | None = None,
         address: str = "",
         port: int,
-        max_head_bytes: int = MAX_HEAD_BYTES,
-        read_timeout: float = READ_TIMEOUT,
-        max_connections: int = MAX_CONNECTIONS,
+        head_timeout: float = HEAD_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_waiting: int = MAX_WAITING,
         max_per_address: int = MAX_PER_ADDRESS,
+        max_connections: int = MAX_CONNECTIONS,
+        evict_after: float = EVICT_AFTER,
     ) -> None:
-        self.routes = dict(routes)
         self.address = address
         self.port = port
-        self.max_head_bytes = max_head_bytes
-        self.read_timeout = read_timeout
-        self.max_connections = max_connections
+        self.head_timeout = head_timeout
+        self.request_timeout = request_timeout
+        self.max_waiting = max_waiting
         self.max_per_address = max_per_address
-        self.requests = 0  # answered requests of any status, for tests and metrics
-        self.refused = 0  # connections closed unanswered: over the limit, nothing to evict
-        self.evicted = 0  # connections closed while waiting for their head, to make room
+        self.max_connections = max_connections
+        self.evict_after = evict_after
+        self.requests = 0  # requests that reached a handler, for tests and metrics
+        self.refused = 0  # connections closed unanswered: over the limit, nobody to evict
+        self.evicted = 0  # connections closed while waiting for a head, to make room
+        self.expired = 0  # connections closed for sending no request head in time
+        self.cut = 0  # requests not answered (or not taken by the client) in time
+        self.app = app if app is not None else web.Application(client_max_size=MAX_BODY)
+        self.app.middlewares.insert(0, self._guard)  # outermost: it accounts for connections
+        self.app.on_response_prepare.append(_server_header)
+        for path, route in routes.items():
+            self.app.router.add_get(path, _plain(route))
+        self._connections: dict[asyncio.Transport, _Connection] = {}
+        self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
-        # Connections being served: (peer address, accepted at, still reading its head).
-        self._active: dict[asyncio.Task[None], _Client] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -206,142 +175,166 @@ class HttpServer:
     def listening(self) -> bool:
         return self._server is not None and self._server.is_serving()
 
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._connections)
+
+    @property
+    def waiting(self) -> int:
+        """Connections waiting for a request head now."""
+        return sum(1 for c in self._connections.values() if c.waiting)
+
     async def start(self) -> None:
         """Listen; an occupied port raises OSError, as the RTSP port does."""
-        self._server = await asyncio.start_server(
-            self._serve,
-            host=self.address or None,
-            port=self.port,
-            reuse_address=True,
-            # The head must fit in the stream buffer for readuntil() to report an overrun.
-            limit=self.max_head_bytes,
+        self._loop = asyncio.get_running_loop()
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.head_timeout,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_LINE,
+            # A client that leaves stops its handler (an event stream, a slow answer).
+            handler_cancellation=True,
         )
+        await runner.setup()
+        self._runner = runner
+        factory = runner.server
+        assert factory is not None
+        try:
+            self._server = await self._loop.create_server(
+                lambda: _Guarded(factory(), self),
+                host=self.address or None,
+                port=self.port,
+                reuse_address=True,
+            )
+        except BaseException:
+            await runner.cleanup()
+            self._runner = None
+            raise
         names = sorted({f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self.sockets})
-        logger.info("HTTP (health, metrics) listening on %s", ", ".join(names))
+        logger.info("HTTP (page, API, health, metrics) listening on %s", ", ".join(names))
 
     async def close(self) -> None:
-        """Stop listening and drop connections still being served."""
+        """Stop listening and drop every connection."""
         if self._server is None:
             return
         self._server.close()
-        for task in list(self._active):
-            task.cancel()
-        for task in list(self._active):
-            with contextlib.suppress(BaseException):
-                await task
+        for connection in list(self._connections.values()):
+            connection.transport.abort()
         await self._server.wait_closed()
         self._server = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        peername = writer.get_extra_info("peername")
-        client = _Client(str(peername[0]) if peername else "", asyncio.get_running_loop().time())
-        if not self._make_room(client):
-            self.refused += 1
-            writer.transport.abort()
-            return
-        self._active[task] = client
-        try:
-            await self._answer(reader, writer, client)
-        except asyncio.CancelledError:
-            if not client.evicted:
-                raise
-            writer.transport.abort()  # evicted: make room at once, no goodbye
-        except Exception:  # the one supervision point: a client never stops the server
-            logger.exception("HTTP connection failed")
-        finally:
-            self._active.pop(task, None)
-            if not client.evicted:
-                await self._close(writer)
+    # ------------------------------------------------------------------ the guard
 
-    def _make_room(self, newcomer: _Client) -> bool:
-        """True when `newcomer` may be served, evicting a client stuck before its head."""
-        same = [t for t, c in self._active.items() if c.address == newcomer.address]
+    def _admit(self, transport: asyncio.Transport) -> bool:
+        """Admit a new connection, evicting the oldest waiting one where a limit says so."""
+        assert self._loop is not None
+        now = self._loop.time()
+        peer = transport.get_extra_info("peername")
+        newcomer = _Connection(transport, str(peer[0]) if peer else "", now)
+        waiting = [c for c in self._connections.values() if c.waiting]
+        same = [c for c in waiting if c.address == newcomer.address]
         if len(same) >= self.max_per_address:
             pool = same
-        elif len(self._active) >= self.max_connections:
-            pool = list(self._active)
+        elif len(waiting) >= self.max_waiting or len(self._connections) >= self.max_connections:
+            pool = waiting
         else:
-            return True
-        waiting = [t for t in pool if self._active[t].reading and not self._active[t].evicted]
-        if not waiting:
+            pool = []
+        # Only a connection that has had time to send its head is taken for idle: a browser
+        # (or an Ingress) opens several at once, and their heads are read a moment later.
+        idle = [c for c in pool if now - c.waiting_since >= self.evict_after]
+        if idle:
+            self._drop(min(idle, key=lambda c: c.waiting_since))
+            self.evicted += 1
+        elif len(self._connections) >= self.max_connections:
+            self.refused += 1
             return False
-        victim = min(waiting, key=lambda t: self._active[t].accepted_at)
-        self._active[victim].evicted = True
-        self._active.pop(victim)
-        victim.cancel()
-        self.evicted += 1
+        self._connections[transport] = newcomer
+        self._wait_for_head(newcomer)
         return True
 
-    @staticmethod
-    async def _close(writer: asyncio.StreamWriter) -> None:
-        """Close after what is buffered is sent; a reader that does not take it is cut off."""
-        writer.close()
-        try:
-            await asyncio.wait_for(writer.wait_closed(), WRITE_TIMEOUT)
-        except (OSError, TimeoutError):
-            writer.transport.abort()
-        except asyncio.CancelledError:  # the server is closing
-            writer.transport.abort()
-            raise
+    def _wait_for_head(self, connection: _Connection) -> None:
+        assert self._loop is not None
+        connection.waiting = True
+        connection.waiting_since = self._loop.time()
+        if connection.deadline is not None:
+            connection.deadline.cancel()
+        connection.deadline = self._loop.call_later(self.head_timeout, self._expire, connection)
 
-    async def _answer(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: _Client
-    ) -> None:
-        head_only = False
-        try:
-            head = await self._read_head(reader)
-            client.reading = False
-            if head is None:
-                return  # the client left, or sent nothing in time: nobody to answer
-            request = parse_head(head)
-            head_only = request.method == "HEAD"
-            response = self._dispatch(request)
-            complete = True
-        except BadRequest as exc:
-            response = Response.text(exc.status, str(exc))
-            complete = False  # unread input may follow
+    def _expire(self, connection: _Connection) -> None:
+        connection.deadline = None
+        if connection.waiting and connection.transport in self._connections:
+            self.expired += 1
+            self._drop(connection)
+
+    def _drop(self, connection: _Connection) -> None:
+        if connection.deadline is not None:
+            connection.deadline.cancel()
+            connection.deadline = None
+        self._connections.pop(connection.transport, None)
+        connection.transport.abort()
+
+    def _forget(self, transport: asyncio.Transport) -> None:
+        connection = self._connections.pop(transport, None)
+        if connection is not None and connection.deadline is not None:
+            connection.deadline.cancel()
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        connection = self._connections.get(request.transport)  # type: ignore[arg-type]
+        if connection is not None:
+            connection.waiting = False
+            if connection.deadline is not None:
+                connection.deadline.cancel()
+                connection.deadline = None
         self.requests += 1
-        writer.write(render(response, head_only=head_only))
-        with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
-            if writer.can_write_eof():
-                writer.write_eof()
-            if not complete:
-                # Closing with unread input makes the kernel send a reset, which can destroy
-                # the response before the client reads it: read to the client's end first.
-                await asyncio.wait_for(self._discard_input(reader), self.read_timeout)
-
-    async def _discard_input(self, reader: asyncio.StreamReader) -> None:
-        budget = 16 * self.max_head_bytes
-        while chunk := await reader.read(4096):
-            budget -= len(chunk)
-            if budget < 0:
-                return  # a client that keeps sending gets the reset it asked for
-
-    async def _read_head(self, reader: asyncio.StreamReader) -> bytes | None:
+        route_handler = request.match_info.route.handler
         try:
-            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.read_timeout)
-        except asyncio.LimitOverrunError as exc:
-            raise BadRequest(431, "request head too large") from exc
-        except asyncio.IncompleteReadError as exc:
-            if len(exc.partial) >= self.max_head_bytes:
-                raise BadRequest(431, "request head too large") from exc
-            return None
-        except (TimeoutError, OSError):
-            return None
+            if getattr(route_handler, "_raopd_streaming", False):
+                return await handler(request)
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    response = await handler(request)
+                    # Sent here, inside the time limit: a client that never reads cannot
+                    # hold the connection (aiohttp would otherwise wait for it forever).
+                    if not response.prepared:
+                        await response.prepare(request)
+                    await response.write_eof()
+                return response
+            except TimeoutError:
+                self.cut += 1
+                if request.transport is not None:
+                    request.transport.abort()
+                raise web.HTTPServiceUnavailable() from None
+        finally:
+            if connection is not None and connection.transport in self._connections:
+                self._wait_for_head(connection)  # keep-alive: idle again, evictable
 
-    def _dispatch(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return replace(
-                Response.text(405, "only GET and HEAD"), headers=(("Allow", "GET, HEAD"),)
-            )
-        route = self.routes.get(request.path)
-        if route is None:
-            return Response.text(404, f"no such page: {request.path}")
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "raopd"  # not the Python and aiohttp versions
+
+
+def _plain(route: Route) -> Handler:
+    """An aiohttp handler for a plain route, with the probes' contract."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
         try:
-            return route()
+            answer = route()
         except Exception:
             logger.exception("HTTP %s failed", request.path)
-            return Response.text(500, "internal error")
+            answer = Response.text(500, "internal error")
+        response = web.Response(status=answer.status, body=answer.body)
+        response.headers["Content-Type"] = answer.content_type
+        response.headers["Cache-Control"] = "no-store"
+        for name, value in answer.headers:
+            response.headers[name] = value
+        response.force_close()  # one request per connection, as probes and scrapers expect
+        return response
+
+    return handle

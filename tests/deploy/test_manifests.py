@@ -352,3 +352,34 @@ def test_image_is_one_setting_both_variants_share():
     assert with_images == ["k8s/image/kustomization.yaml"]
     for variant in ("k8s/kustomization.yaml", "k8s/daemonset/kustomization.yaml"):
         assert "image" in yaml.safe_load((REPO / variant).read_text())["components"][0]
+
+
+def test_web_component_reaches_the_pods_http_port():
+    """k8s/web (Service + Ingress, rendered through k8s/web-example): the Service selects the
+    receiver pods and targets their http port (the daemon's HTTP port, the probes' port); the
+    Ingress routes the host to it with TLS from cert-manager."""
+    docs = render(REPO / "k8s" / "web-example")
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    (service,) = by_kind["Service"]
+    (ingress,) = by_kind["Ingress"]
+    (daemonset,) = by_kind["DaemonSet"]
+    assert service["metadata"]["namespace"] == ingress["metadata"]["namespace"] == "raopd"
+    pod = daemonset["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    (port,) = service["spec"]["ports"]
+    container_ports = {
+        p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c["ports"]
+    }
+    assert container_ports[port["targetPort"]] == DEFAULT_HTTP_PORT
+    annotations = ingress["metadata"]["annotations"]
+    assert "cert-manager.io/cluster-issuer" in annotations
+    (rule,) = ingress["spec"]["rules"]
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["hosts"] == [rule["host"]] and tls["secretName"]
+    (path,) = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] == port["name"]

@@ -3,8 +3,8 @@
 Finds the receiver over mDNS with pyatv's public `scan` (multicast, or unicast mDNS to
 `--host`), connects with `pyatv.connect`, sets the RAOP service's password when given, and
 streams a file with `atv.stream.stream_file` (after `atv.audio.set_volume` if `--volume`
-is given; with --title/--artist/--album/--artwork as its metadata when given). The last line
-on stdout is one JSON object:
+is given; with --title/--artist/--album/--artwork as its metadata when given; --volume-at S:P
+sets the volume to P percent S seconds in). The last line on stdout is one JSON object:
 {"result": "ok"} or {"result": "error", "type": <exception class>, "message": ...}, and
 "scanned" is printed (flushed) before streaming starts so a test can tell the phases apart.
 pyatv's own log goes to stderr.
@@ -50,7 +50,14 @@ async def stream(args: argparse.Namespace) -> dict[str, str]:
     try:
         if args.volume is not None:
             await atv.audio.set_volume(args.volume)
-        await atv.stream.stream_file(args.file, metadata=metadata)
+        streaming = asyncio.ensure_future(atv.stream.stream_file(args.file, metadata=metadata))
+        if args.volume_at:
+            # pyatv's own volume call while it streams: a SET_PARAMETER on the session.
+            delay, percent = (float(x) for x in args.volume_at.split(":"))
+            await asyncio.sleep(delay)
+            await atv.audio.set_volume(percent)
+            print(json.dumps({"volume_set": percent}), flush=True)
+        await streaming
     finally:
         atv.close()
     return {"result": "ok"}
@@ -69,6 +76,7 @@ def main() -> int:
     parser.add_argument("--artist")
     parser.add_argument("--album")
     parser.add_argument("--artwork", help="a JPEG file")
+    parser.add_argument("--volume-at", help="SECONDS:PERCENT: set the volume while streaming")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.DEBUG,

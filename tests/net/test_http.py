@@ -9,6 +9,7 @@ RTSP and RTP, independent of any sender implementation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import threading
@@ -28,78 +29,17 @@ from raopd import daemon
 from raopd.config import DEFAULT_HTTP_PORT, load_config
 from raopd.core.packets import AudioPacket, ResendRequest, ResentAudio
 from raopd.errors import OutputError
-from raopd.net.http import BadRequest, HttpServer, Response, parse_head
+from raopd.net.http import HttpServer, Response
 from raopd.net.mdns import MdnsAdvertiser
 from raopd.output.sinks import AlsaSink
 
 TIMEOUT = 20.0  # upper bound for anything the daemon does; tests finish well before it
 
 # ------------------------------------------------------------------ the HTTP server alone
-
-
-def test_parse_head_reads_method_path_and_headers():
-    request = parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: pi:9798\r\nAccept: */*\r\n\r\n")
-    assert (request.method, request.path, request.version) == ("GET", "/metrics", (1, 1))
-    assert request.headers == {"host": "pi:9798", "accept": "*/*"}
-    assert parse_head(b"HEAD http://pi:9798/readyz HTTP/1.0\r\n\r\n").path == "/readyz"
-    assert parse_head(b"\r\nGET / HTTP/1.0\r\n\r\n").path == "/"
-
-
-@pytest.mark.parametrize(
-    ("head", "status"),
-    [
-        (b"", 400),
-        (b"GET /\r\n\r\n", 400),  # HTTP/0.9
-        (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\n\r\n", 400),  # 1.1 without Host
-        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
-        (b"GET / HTTX/1.1\r\nHost: x\r\n\r\n", 400),
-        (b"G(T / HTTP/1.0\r\n\r\n", 400),
-        (b"GET /\x01 HTTP/1.0\r\n\r\n", 400),
-        (b"GET metrics HTTP/1.0\r\n\r\n", 400),
-        (b"GET / HTTP/1.0\r\nNo colon\r\n\r\n", 400),
-        (b"GET / HTTP/1.0\r\n folded: x\r\n\r\n", 400),
-        (b"GET / HTTP/1.0\r\nX: a\x00b\r\n\r\n", 400),
-        (b"GET / HTTP/1.0\r\nContent-Length: x\r\n\r\n", 400),
-        (b"GET / HTTP/1.0\r\nContent-Length: 5\r\n\r\n", 413),
-        (b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 413),
-        (b"GET / HTTP/1.0\r\n" + b"X: y\r\n" * 65 + b"\r\n", 431),
-    ],
-)
-def test_parse_head_refuses_bad_requests(head, status):
-    with pytest.raises(BadRequest) as caught:
-        parse_head(head)
-    assert caught.value.status == status
-
-
-_PIECES = st.sampled_from(
-    ["GET", "HEAD", "POST", " ", "  ", "/", "/metrics", "?", "*", "http://h", "HTTP/1.1",
-     "HTTP/1.0", "HTTP/2", "\r\n", "\n", "Host", ":", " x", "Content-Length", "0", "7",
-     "\t", "\x00", "\xff", "Transfer-Encoding"]
-)  # fmt: skip
-HEADS = (
-    st.binary(max_size=300)
-    | st.lists(_PIECES, max_size=30).map(lambda parts: "".join(parts).encode("latin-1"))
-    | st.builds(
-        lambda m, t, v, h: f"{m} {t} {v}\r\n{h}\r\n\r\n".encode(),
-        _PIECES,
-        _PIECES | st.text(max_size=10),
-        _PIECES,
-        st.lists(_PIECES).map("".join),
-    )
-)
-
-
-@settings(max_examples=500, deadline=None)
-@given(HEADS)
-def test_parse_head_only_ever_raises_bad_request(head):
-    try:
-        request = parse_head(head)
-    except BadRequest as exc:
-        assert exc.status in (400, 413, 431, 505)
-    else:
-        assert request.path.startswith("/") or request.path == "*"
-        assert request.version[0] == 1
+#
+# aiohttp parses the requests; these tests hold the server to the guarantees the probes had
+# from the hand-written server it replaced: errors are answered and the server goes on, idle,
+# trickling and never-reading clients cannot hold connections or lock the probes out.
 
 
 @dataclass
@@ -112,7 +52,7 @@ class Reply:
 def parse_reply(raw: bytes) -> Reply:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    match = re.fullmatch(r"HTTP/1\.1 (\d{3}) .+", lines[0])
+    match = re.fullmatch(r"HTTP/1\.[01] (\d{3}) .+", lines[0])
     assert match, lines[0]
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return Reply(int(match[1]), headers, body)
@@ -132,10 +72,16 @@ def boom() -> Response:
     raise RuntimeError("a bug in a route")
 
 
+def big() -> Response:
+    return Response(200, b"x" * (8 * 1024 * 1024))
+
+
 @pytest.fixture
 async def server():
-    routes = {"/hello": lambda: Response.text(200, "hello"), "/boom": boom}
-    http = HttpServer(routes, address="127.0.0.1", port=0, max_connections=4)
+    routes = {"/hello": lambda: Response.text(200, "hello"), "/boom": boom, "/big": big}
+    http = HttpServer(
+        routes, address="127.0.0.1", port=0, max_waiting=4, max_per_address=8, evict_after=0.0
+    )
     await http.start()
     yield http
     await http.close()
@@ -145,12 +91,20 @@ def port_of(http: HttpServer) -> int:
     return http.sockets[0].getsockname()[1]
 
 
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 async def test_get_and_head(server):
     port = port_of(server)
     get = await exchange(port, b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
     assert get.status == 200 and get.body == b"hello\n"
     assert get.headers["content-length"] == "6" and get.headers["connection"] == "close"
-    assert get.headers["content-type"].startswith("text/plain")
+    assert get.headers["content-type"] == "text/plain; charset=utf-8"
+    assert get.headers["cache-control"] == "no-store"
     head = await exchange(port, b"HEAD /hello HTTP/1.0\r\n\r\n")
     assert head.status == 200 and head.body == b"" and head.headers["content-length"] == "6"
 
@@ -159,12 +113,11 @@ async def test_get_and_head(server):
     ("data", "status"),
     [
         (b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", 404),
-        (b"POST /hello HTTP/1.1\r\nHost: t\r\n\r\n", 405),
+        (b"POST /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", 405),
         (b"PUT /hello HTTP/1.0\r\n\r\n", 405),
-        (b"OPTIONS * HTTP/1.0\r\n\r\n", 405),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),  # a TLS hello
-        (b"GET /hello HTTP/3.0\r\nHost: t\r\n\r\n", 505),
-        (b"GET /hello HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc", 413),
+        (b"GET / HTTP/1.0\r\nNo colon\r\n\r\n", 400),
+        (b"GET / HTTP/1.0\r\nContent-Length: x\r\n\r\n", 400),
         (b"GET /boom HTTP/1.0\r\n\r\n", 500),
     ],
 )
@@ -172,87 +125,125 @@ async def test_errors_are_answered(server, data, status):
     reply = await exchange(port_of(server), data)
     assert reply.status == status
     if status == 405:
-        assert reply.headers["allow"] == "GET, HEAD"
+        assert set(reply.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
     ok = await exchange(port_of(server), b"GET /hello HTTP/1.0\r\n\r\n")
     assert ok.status == 200  # still serving
 
 
-async def test_oversized_head_gets_431_and_the_server_goes_on(server):
+async def test_oversized_head_is_refused_and_the_server_goes_on(server):
     huge = b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 20000 + b"\r\n\r\n"
     reply = await exchange(port_of(server), huge)
-    assert reply.status == 431
-    endless = b"GET /hello HTTP/1.1\r\nX-Pad: " + b"a" * 9000  # no end of head at all
-    assert (await exchange(port_of(server), endless, close_write=True)).status == 431
+    assert reply.status in (400, 431)
     assert (await exchange(port_of(server), b"GET /hello HTTP/1.0\r\n\r\n")).status == 200
 
 
-async def test_clients_that_leave_or_stall_are_dropped():
-    http = HttpServer({}, address="127.0.0.1", port=0, read_timeout=0.2)
+async def test_clients_that_stall_or_trickle_are_dropped():
+    http = HttpServer({}, address="127.0.0.1", port=0, head_timeout=0.3)
     await http.start()
     try:
         port = port_of(http)
-        # Leaves halfway through the head: nobody to answer, nothing logged as a failure.
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /he")
-        writer.write_eof()
-        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
-        writer.close()
-        # Sends part of a head and stalls: closed after read_timeout, unanswered.
+        # Sends part of a head and stalls: closed after head_timeout, unanswered.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\n")
         assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
         writer.close()
-        assert http.requests == 0
+        # Trickles a byte now and then: the deadline is for the whole head, not per byte.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        closed = asyncio.create_task(reader.read())
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":
+            if closed.done():
+                break
+            with contextlib.suppress(ConnectionError):
+                writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(closed, TIMEOUT) == b""
+        assert time.monotonic() - started < 1.2
+        writer.close()
+        assert http.requests == 0 and http.expired == 2
         assert (await exchange(port, b"GET / HTTP/1.0\r\n\r\n")).status == 404
     finally:
         await http.close()
 
 
-async def test_a_newcomer_over_the_limit_closes_the_oldest_idle_connection():
-    """Idle clients can no longer lock probes out (issue 10 case 8): the oldest one that has
-    not sent its head yet makes room; one that is being answered is never cut off."""
-    routes = {"/hello": lambda: Response.text(200, "hello")}
-    http = HttpServer(routes, address="127.0.0.1", port=0, max_connections=4, max_per_address=8)
-    await http.start()
+async def test_a_newcomer_over_the_limit_closes_the_oldest_idle_connection(server):
+    """Idle clients cannot lock probes out: the oldest one that has not sent its head yet
+    makes room; one that is being answered is never cut off."""
+    port = port_of(server)
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+    await wait_until(lambda: server.waiting == 4, "four idle connections")
+    reply = await exchange(port, b"GET /hello HTTP/1.0\r\n\r\n")
+    assert reply.status == 200 and server.evicted == 1 and server.refused == 0
+    oldest_reader, _ = idle[0]
     try:
-        port = port_of(http)
-        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
-        for _ in range(50):  # let the server accept all four
-            if len(http._active) == 4:
-                break
-            await asyncio.sleep(0.01)
-        reply = await exchange(port, b"GET /hello HTTP/1.0\r\n\r\n")
-        assert reply.status == 200 and http.evicted == 1 and http.refused == 0
-        oldest_reader, _ = idle[0]
-        try:
-            data = await asyncio.wait_for(oldest_reader.read(), TIMEOUT)
-        except ConnectionResetError:
-            data = b""
-        assert data == b""  # the oldest idle one was closed
-        for _, writer in idle[1:]:
-            writer.write(b"GET /hello HTTP/1.0\r\n\r\n")
-        replies = [parse_reply(await asyncio.wait_for(r.read(), TIMEOUT)) for r, _ in idle[1:]]
-        assert [r.status for r in replies] == [200] * 3
-        for _, writer in idle:
-            writer.close()
-    finally:
-        await http.close()
+        data = await asyncio.wait_for(oldest_reader.read(), TIMEOUT)
+    except ConnectionResetError:
+        data = b""
+    assert data == b""  # the oldest idle one was closed
+    for _, writer in idle[1:]:
+        writer.write(b"GET /hello HTTP/1.0\r\n\r\n")
+    replies = [parse_reply(await asyncio.wait_for(r.read(), TIMEOUT)) for r, _ in idle[1:]]
+    assert [r.status for r in replies] == [200] * 3
+    for _, writer in idle:
+        writer.close()
 
 
 async def test_one_address_cannot_take_every_connection():
     routes = {"/hello": lambda: Response.text(200, "hello")}
-    http = HttpServer(routes, address="127.0.0.1", port=0, max_connections=16, max_per_address=2)
+    http = HttpServer(
+        routes, address="127.0.0.1", port=0, max_waiting=16, max_per_address=2, evict_after=0.0
+    )
     await http.start()
     try:
         port = port_of(http)
         idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(6)]
         reply = await exchange(port, b"GET /hello HTTP/1.0\r\n\r\n")
         assert reply.status == 200
-        assert len(http._active) <= 2 and http.evicted >= 4
+        await wait_until(lambda: http.evicted >= 4, "evictions")
+        assert http.waiting <= 2
         for _, writer in idle:
             writer.close()
     finally:
         await http.close()
+
+
+async def test_probes_answer_fast_while_idle_clients_sit_on_the_port():
+    """32 idle connections from another address (127.0.0.2, a guest on the LAN): every probe
+    is still answered, each within 100 ms."""
+    routes = {"/healthz": lambda: Response.text(200, "ok")}
+    http = HttpServer(routes, address="127.0.0.1", port=0)
+    await http.start()
+    try:
+        port = port_of(http)
+        idle = [
+            await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+            for _ in range(32)
+        ]
+        times = []
+        for _ in range(20):
+            started = time.monotonic()
+            reply = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            times.append(time.monotonic() - started)
+            assert reply.status == 200
+        assert max(times) < 0.100, max(times)
+        # And they do not sit there for long: closed within head_timeout (2 s).
+        await wait_until(lambda: http.waiting == 0, "the idle connections to be closed")
+        assert http.expired + http.evicted == 32
+        for _, writer in idle:
+            writer.close()
+    finally:
+        await http.close()
+
+
+async def test_a_client_that_never_reads_is_cut_off(server):
+    server.request_timeout = 0.5
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+    writer.transport.pause_reading()  # and never read the 8 MB answer
+    writer.write(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+    await wait_until(lambda: server.cut == 1, "the connection to be cut")
+    await wait_until(lambda: server.connections == 0, "the connection to be gone")
+    writer.close()
+    assert (await exchange(port_of(server), b"GET /hello HTTP/1.0\r\n\r\n")).status == 200
 
 
 @settings(max_examples=40, deadline=None)
@@ -260,7 +251,7 @@ async def test_one_address_cannot_take_every_connection():
 def test_random_bytes_never_break_the_server(data):
     async def main() -> None:
         http = HttpServer({"/hello": lambda: Response.text(200, "hello")}, address="127.0.0.1",
-                          port=0, read_timeout=0.5)  # fmt: skip
+                          port=0, head_timeout=0.5)  # fmt: skip
         await http.start()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port_of(http))
@@ -268,13 +259,28 @@ def test_random_bytes_never_break_the_server(data):
             raw = await asyncio.wait_for(reader.read(), TIMEOUT)
             writer.close()
             if raw:
-                assert parse_reply(raw).status in (200, 400, 404, 405, 413, 431, 505)
+                assert 200 <= parse_reply(raw.split(b"HTTP/1.1 ", 2)[0] or raw).status < 600
             ok = await exchange(port_of(http), b"GET /hello HTTP/1.0\r\n\r\n")
             assert ok.status == 200
         finally:
             await http.close()
 
     asyncio.run(main())
+
+
+async def test_a_burst_from_one_address_is_not_taken_for_idle_clients():
+    """Ten connections from one address at once (a browser loading the page, an Ingress):
+    none is evicted before it had time to send its head; all are answered."""
+    routes = {"/hello": lambda: Response.text(200, "hello")}
+    http = HttpServer(routes, address="127.0.0.1", port=0, max_per_address=2)
+    await http.start()
+    try:
+        replies = await asyncio.gather(
+            *(exchange(port_of(http), b"GET /hello HTTP/1.0\r\n\r\n") for _ in range(10))
+        )
+        assert [r.status for r in replies] == [200] * 10 and http.evicted == 0
+    finally:
+        await http.close()
 
 
 async def test_close_ends_connections_in_progress():
@@ -285,7 +291,8 @@ async def test_close_ends_connections_in_progress():
     await asyncio.sleep(0)
     await asyncio.wait_for(http.close(), TIMEOUT)
     assert not http.listening
-    assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+    with contextlib.suppress(ConnectionResetError):
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
     writer.close()
 
 
