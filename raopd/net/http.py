@@ -5,7 +5,9 @@ raopd had); this module adds what a port that anyone on the LAN can reach needs 
 the guarantees the probes were given before:
 
 - a connection must send a complete request head within `head_timeout` seconds (2: a probe
-  sends it in one packet), and between keep-alive requests it may idle as long;
+  sends it in one packet), and between keep-alive requests it may idle as long; the head has
+  at most `MAX_HEADERS` fields of `MAX_LINE` bytes (400 beyond); a client that half-closes
+  after its request still gets the answer;
 - at most `max_waiting` connections may wait for a request head, `max_per_address` of them
   from one address; a newcomer over either limit closes the *oldest* waiting connection (an
   idle or trickling client) that has waited at least `evict_after` seconds, so probes are
@@ -42,6 +44,7 @@ MAX_CONNECTIONS = 300  # in all: the event stream's clients (200 by default) and
 EVICT_AFTER = 0.25  # seconds a connection waits for its head before it may be evicted
 MAX_BODY = 64 * 1024  # bytes of a request body: the API takes small JSON objects
 MAX_LINE = 8190  # bytes of the request line and of each header field (aiohttp's default)
+MAX_HEADERS = 64  # header fields in a request head: bounds the head at 64 * MAX_LINE bytes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -115,7 +118,14 @@ class _Guarded(asyncio.Protocol):
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._admitted else None
+        if not self._admitted:
+            return None
+        self._inner.eof_received()
+        # Keep the writing half open: a client that half-closes right after its request
+        # (`nc -N`, HTTP/1.0 tools) still gets the answer. Returning a false value would
+        # make asyncio close the transport before the handler runs. A client that sent no
+        # complete head is closed by the head deadline as any other.
+        return True
 
     def pause_writing(self) -> None:
         if self._admitted:
@@ -195,6 +205,7 @@ class HttpServer:
             keepalive_timeout=self.head_timeout,
             max_line_size=MAX_LINE,
             max_field_size=MAX_LINE,
+            max_headers=MAX_HEADERS,
             # A client that leaves stops its handler (an event stream, a slow answer).
             handler_cancellation=True,
         )

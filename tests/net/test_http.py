@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import socket
 import threading
@@ -130,14 +131,29 @@ async def test_errors_are_answered(server, data, status):
     assert ok.status == 200  # still serving
 
 
+async def test_a_request_followed_at_once_by_fin_is_answered(server):
+    """A client that half-closes after its request (`nc -N`, HTTP/1.0 tools) gets its answer,
+    as from the hand-written server: the end of its input is not the end of the connection."""
+    for data in (b"GET /hello HTTP/1.0\r\n\r\n", b"HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\n"):
+        reply = await exchange(port_of(server), data, close_write=True)
+        assert reply.status == 200 and reply.headers["content-length"] == "6"
+    assert (
+        await exchange(port_of(server), b"GET /nope HTTP/1.0\r\n\r\n", close_write=True)
+    ).status == 404
+
+
 async def test_oversized_head_is_refused_and_the_server_goes_on(server):
     huge = b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 20000 + b"\r\n\r\n"
     reply = await exchange(port_of(server), huge)
     assert reply.status in (400, 431)
+    endless = b"GET /hello HTTP/1.1\r\nX-Pad: " + b"a" * 9000  # no end of head at all
+    assert (await exchange(port_of(server), endless, close_write=True)).status in (400, 431)
+    many = b"GET /hello HTTP/1.0\r\n" + b"X: y\r\n" * 65 + b"\r\n"  # over MAX_HEADERS (64)
+    assert (await exchange(port_of(server), many)).status in (400, 431)
     assert (await exchange(port_of(server), b"GET /hello HTTP/1.0\r\n\r\n")).status == 200
 
 
-async def test_clients_that_stall_or_trickle_are_dropped():
+async def test_clients_that_stall_trickle_or_leave_are_dropped(caplog):
     http = HttpServer({}, address="127.0.0.1", port=0, head_timeout=0.3)
     await http.start()
     try:
@@ -161,6 +177,14 @@ async def test_clients_that_stall_or_trickle_are_dropped():
         assert time.monotonic() - started < 1.2
         writer.close()
         assert http.requests == 0 and http.expired == 2
+        # Leaves halfway through the head: nobody to answer, nothing logged as a failure.
+        with caplog.at_level(logging.WARNING):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /he")
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+            writer.close()
+        assert http.requests == 0 and not caplog.records
         assert (await exchange(port, b"GET / HTTP/1.0\r\n\r\n")).status == 404
     finally:
         await http.close()
