@@ -494,6 +494,11 @@ class DaemonCollector(Collector):
                 ("cut", http.cut, "closed for not taking an answer in time"),
             ):
                 yield _counter(f"raopd_http_connections_{name}", f"HTTP connections {doc}", value)
+            yield _counter(
+                "raopd_http_bad_requests",
+                "HTTP requests that did not parse (answered 400), or whose client left first",
+                http.bad_requests,
+            )
         web = self.state.web
         if web is not None:
             hub = web.hub

@@ -18,6 +18,9 @@ the guarantees the probes were given before:
 - a request (other than an event stream, which bounds itself) must be answered and its answer
   taken by the client within `request_timeout` seconds, else the connection is cut, so a client
   that never reads cannot hold a connection; request bodies are at most `max_body` bytes (413);
+- input aiohttp cannot parse gets its 400 and is counted (`bad_requests`), as is a client that
+  leaves before taking its answer; neither is logged above DEBUG (aiohttp's own logger writes
+  an ERROR with a traceback for each, a log that any client could flood);
 - plain routes (`Response` values from functions without arguments: the probes, the metrics)
   keep their contract: GET and HEAD, `Cache-Control: no-store`, `Connection: close`; a route
   that raises gets 500 and a log line; the server never stops for a client.
@@ -28,11 +31,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from raopd.core.sessionlog import clip
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +92,7 @@ class _Connection:
     address: str
     waiting_since: float  # when it started waiting for a request head
     waiting: bool = True
+    streaming: bool = False  # an event stream is being sent on it
     deadline: asyncio.TimerHandle | None = None
 
 
@@ -121,9 +129,13 @@ class _Guarded(asyncio.Protocol):
         if not self._admitted:
             return None
         self._inner.eof_received()
-        # Keep the writing half open: a client that half-closes right after its request
-        # (`nc -N`, HTTP/1.0 tools) still gets the answer. Returning a false value would
-        # make asyncio close the transport before the handler runs. A client that sent no
+        assert self._transport is not None
+        connection = self._server._connections.get(self._transport)
+        if connection is not None and connection.streaming:
+            return None  # an event stream's reader has gone: close, which ends the stream
+        # Otherwise keep the writing half open: a client that half-closes right after its
+        # request (`nc -N`, HTTP/1.0 tools) still gets the answer (a false value would make
+        # asyncio close the transport before the handler runs). A client that sent no
         # complete head is closed by the head deadline as any other.
         return True
 
@@ -134,6 +146,30 @@ class _Guarded(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._admitted:
             self._inner.resume_writing()
+
+
+class _AiohttpLog(logging.LoggerAdapter[logging.Logger]):
+    """The log aiohttp's request handlers write to: what the network sent wrong (a request that
+    does not parse, a client gone before its answer) is counted and logged at DEBUG instead
+    of as an ERROR with a traceback; anything else (a bug) is logged as aiohttp logs it."""
+
+    def __init__(self, server: HttpServer) -> None:
+        super().__init__(logger, {})
+        self._server = server
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if exc is True:
+            exc = sys.exc_info()[1]
+        elif isinstance(exc, tuple):
+            exc = exc[1]
+        if not isinstance(exc, HttpProcessingError | ConnectionError):
+            super().log(level, msg, *args, **kwargs)
+            return
+        self._server.bad_requests += 1  # counted whatever the log level
+        if self.isEnabledFor(logging.DEBUG):
+            text = str(msg) % args if args else str(msg)
+            self.logger.debug("HTTP %s: %s", clip(text), clip(exc))
 
 
 class HttpServer:
@@ -166,6 +202,7 @@ class HttpServer:
         self.evicted = 0  # connections closed while waiting for a head, to make room
         self.expired = 0  # connections closed for sending no request head in time
         self.cut = 0  # requests not answered (or not taken by the client) in time
+        self.bad_requests = 0  # unparsable requests, and clients gone before their answer
         self.app = app if app is not None else web.Application(client_max_size=MAX_BODY)
         self.app.middlewares.insert(0, self._guard)  # outermost: it accounts for connections
         self.app.on_response_prepare.append(_server_header)
@@ -206,6 +243,7 @@ class HttpServer:
             max_line_size=MAX_LINE,
             max_field_size=MAX_LINE,
             max_headers=MAX_HEADERS,
+            logger=_AiohttpLog(self),
             # A client that leaves stops its handler (an event stream, a slow answer).
             handler_cancellation=True,
         )
@@ -307,6 +345,8 @@ class HttpServer:
         route_handler = request.match_info.route.handler
         try:
             if getattr(route_handler, "_raopd_streaming", False):
+                if connection is not None:
+                    connection.streaming = True
                 return await handler(request)
             try:
                 async with asyncio.timeout(self.request_timeout):
@@ -323,6 +363,8 @@ class HttpServer:
                     request.transport.abort()
                 raise web.HTTPServiceUnavailable() from None
         finally:
+            if connection is not None:
+                connection.streaming = False
             if connection is not None and connection.transport in self._connections:
                 self._wait_for_head(connection)  # keep-alive: idle again, evictable
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,7 +31,7 @@ from raopd import daemon
 from raopd.config import DEFAULT_HTTP_PORT, load_config
 from raopd.core.packets import AudioPacket, ResendRequest, ResentAudio
 from raopd.errors import OutputError
-from raopd.net.http import HttpServer, Response
+from raopd.net.http import HttpServer, Response, streaming
 from raopd.net.mdns import MdnsAdvertiser
 from raopd.output.sinks import AlsaSink
 
@@ -140,6 +141,61 @@ async def test_a_request_followed_at_once_by_fin_is_answered(server):
     assert (
         await exchange(port_of(server), b"GET /nope HTTP/1.0\r\n\r\n", close_write=True)
     ).status == 404
+
+
+async def test_bad_requests_are_counted_not_logged_as_errors(server, caplog):
+    """Malformed input from the network is answered (400) and counted in `bad_requests`;
+    it is no fault of raopd's, so it leaves no ERROR and no traceback in the log (aiohttp's
+    own logger would write both for every one: a log any client could flood)."""
+    bad = [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # a TLS hello
+        b"GET / HTTP/1.0\r\nNo colon\r\n\r\n",
+        b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n",
+        b"GET /\x01 HTTP/1.0\r\n\r\n",
+    ]
+    with caplog.at_level(logging.DEBUG):
+        for data in bad:
+            assert (await exchange(port_of(server), data)).status == 400
+        assert (await exchange(port_of(server), b"GET /boom HTTP/1.0\r\n\r\n")).status == 500
+    assert server.bad_requests == len(bad)
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # The route's bug is still an error with its traceback; the clients' input is not.
+    assert [r.getMessage() for r in errors] == ["HTTP /boom failed"]
+    assert all(r.exc_info is None for r in caplog.records if r.levelno < logging.WARNING)
+    with caplog.at_level(logging.ERROR):  # counted whatever the log level
+        assert (await exchange(port_of(server), bad[0])).status == 400
+    assert server.bad_requests == len(bad) + 1
+
+
+async def test_an_event_stream_ends_when_its_client_closes():
+    """A half-close keeps a connection open for its answer, but not a stream's: a page that
+    goes away (FIN) ends its event stream at once, not at the stream's next failed write."""
+    ended = asyncio.Event()
+
+    @streaming
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            await asyncio.sleep(3600)  # nothing to send: only the client's going ends it
+        finally:
+            ended.set()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/events", events)
+    http = HttpServer({}, app=app, address="127.0.0.1", port=0)
+    await http.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(http))
+        writer.write(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 200")
+        writer.close()
+        await asyncio.wait_for(ended.wait(), TIMEOUT)
+        await wait_until(lambda: http.connections == 0, "the stream's connection to close")
+    finally:
+        await http.close()
 
 
 async def test_oversized_head_is_refused_and_the_server_goes_on(server):
@@ -568,6 +624,11 @@ def test_counters_move_while_a_stream_plays(lan, tmp_path):
     with running(lan, config) as client:
         before = client.wait_for("mDNS", lambda v: v["raopd_mdns_registered"] == 1)
         assert before["raopd_sessions_total"] == 0 and before["raopd_packets_received_total"] == 0
+        assert before["raopd_http_bad_requests_total"] == 0
+        with client.connect(DEFAULT_HTTP_PORT) as sock:
+            sock.sendall(b"GET /\x01 HTTP/1.0\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.0 400 ")
+        assert client.metrics()["raopd_http_bad_requests_total"] == 1
 
         control, timing = client.udp(), client.udp()
         rtsp = Rtsp(client.connect(config.port), lan.a_ip)
