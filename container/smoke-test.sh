@@ -124,6 +124,8 @@ run() {
 run /usr/bin/python3 - <<'EOF' || fail "imports / native libraries"
 import importlib.metadata as md
 import alsaaudio, av, cryptography, numpy, zeroconf, raopd
+import aiohttp, aiomqtt, multidict, yarl
+import raopd.daemon  # every module the daemon loads, the web server and MQTT client among them
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 assert av.codec.Codec("alac", "r").name == "alac"
 # The ALSA `null` PCM exercises libasound2 and /usr/share/alsa/alsa.conf.
@@ -136,7 +138,7 @@ assert len(enc.update(bytes(32)) + enc.finalize()) == 32
 print("numpy", numpy.__version__, "av", av.__version__, "cryptography", cryptography.__version__,
       "zeroconf", zeroconf.__version__, "pyalsaaudio", md.version("pyalsaaudio"), "raopd", raopd.__version__)
 EOF
-ok "numpy, av (ALAC), cryptography, zeroconf, alsaaudio (null PCM) load as uid 10001"
+ok "numpy, av (ALAC), cryptography, zeroconf, aiohttp, aiomqtt, alsaaudio (null PCM), raopd.daemon load as uid 10001"
 
 # 4. The console script.
 version=$("$PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
