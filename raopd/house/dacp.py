@@ -28,22 +28,22 @@ DACP_TYPE = "_dacp._tcp.local."
 PREFIX = "iTunes_Ctrl_"
 RESOLVE_TIMEOUT = 2.0  # seconds to find and resolve the sender's service
 HTTP_TIMEOUT = 2.0  # seconds for the command's answer (shairport-sync uses 0.5)
-COMMANDS = frozenset(
-    {
-        "play",
-        "pause",
-        "playpause",
-        "stop",
-        "nextitem",
-        "previtem",
-        "beginff",
-        "beginrew",
-        "playresume",
-        "shuffle_songs",
-        "volumeup",
-        "volumedown",
-        "mutetoggle",
-    }
+# The DACP commands a remote may send (shairport-sync's MQTT remote set; "stop" is also
+# always honoured by ending the session ourselves), in the order they are offered.
+COMMANDS = (
+    "play",
+    "pause",
+    "playpause",
+    "stop",
+    "nextitem",
+    "previtem",
+    "beginff",
+    "beginrew",
+    "playresume",
+    "shuffle_songs",
+    "volumeup",
+    "volumedown",
+    "mutetoggle",
 )
 
 

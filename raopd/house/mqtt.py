@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import aiomqtt
 
 from raopd import __version__
+from raopd.house.dacp import COMMANDS
 from raopd.house.sps import Item, VolumeRange, items_for
 from raopd.house.state import Change, ChangeKind, PlayerState
 
@@ -42,22 +43,6 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
-# shairport-sync's MQTT remote commands (all DACP but "stop", which raopd always honours).
-REMOTE_COMMANDS = (
-    "play",
-    "pause",
-    "playpause",
-    "stop",
-    "nextitem",
-    "previtem",
-    "beginff",
-    "beginrew",
-    "playresume",
-    "shuffle_songs",
-    "volumeup",
-    "volumedown",
-    "mutetoggle",
-)
 _PARSED_CORE = {
     "asar": "artist",
     "asal": "album",
@@ -208,7 +193,7 @@ def discovery_messages(settings: MqttSettings) -> list[tuple[str, dict[str, obje
             )
         )
     if settings.remote:
-        for command in REMOTE_COMMANDS:
+        for command in COMMANDS:
             messages.append(
                 entity(
                     "button",
@@ -355,12 +340,12 @@ class MqttClient:
         raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
         command = bytes(raw).decode("utf-8", "replace").strip().lower()
         self.counters.commands += 1
-        if command not in REMOTE_COMMANDS:
+        if command not in COMMANDS:
             self.counters.commands_refused += 1
             logger.warning(
                 "MQTT remote: unknown command %r (known: %s)",
                 command[:40],
-                ", ".join(REMOTE_COMMANDS),
+                ", ".join(COMMANDS),
             )
             return
         if self._remote is None:
