@@ -42,7 +42,7 @@ from raopd.core.jitter import JitterSettings
 from raopd.core.playout import PlayoutSettings
 from raopd.core.seq import rtp_add
 from raopd.core.session import RaopSession, ReceiverInfo, SessionSettings
-from raopd.core.volume import airplay_to_db, volume_to_gain
+from raopd.core.volume import airplay_to_db, db_to_gain
 from raopd.errors import ConfigError, OutputError, RaopError
 from raopd.house.dacp import DacpRemote
 from raopd.house.hooks import Hooks, HookSettings
@@ -264,18 +264,15 @@ class EventRouter:
         """The attenuation in dB this volume gets (hardware or software)."""
         if self.mixer is not None:
             return self.mixer.target_db(volume)
-        config = self.state.config
-        return airplay_to_db(
-            volume,
-            config.volume_curve,  # type: ignore[arg-type]
-            range_db=config.volume_range_db or 60.0,
-            max_volume_db=config.volume_max_db or 0.0,
-            ignore_volume=config.ignore_volume,
-        )
+        return self._software_db(volume)
 
     def _gain(self, volume: float) -> float:
+        return db_to_gain(self._software_db(volume))
+
+    def _software_db(self, volume: float) -> float:
+        """The configured curve, range, cap and ignore setting applied to `volume`."""
         config = self.state.config
-        return volume_to_gain(
+        return airplay_to_db(
             volume,
             config.volume_curve,  # type: ignore[arg-type]
             range_db=config.volume_range_db or 60.0,
