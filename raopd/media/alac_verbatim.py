@@ -19,7 +19,9 @@ frame ends at END, at the end of the payload, or at all-zero padding once every 
 been read; anything else after the last channel is an error, as in FFmpeg.
 
 `read_verbatim` returns None for a frame with a compressed element: those go to FFmpeg, and
-`with_end_element` rebuilds such a frame with the END element FFmpeg wants.
+`with_end_element` rebuilds such a frame with the END element FFmpeg wants. `starts_compressed`
+tells from the first three bytes alone that `read_verbatim` would return None at the first
+element (what every Apple sender's frame does), so a compressed frame costs no parse here.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["AlacFrameError", "FrameFault", "read_verbatim", "with_end_element"]
+__all__ = [
+    "AlacFrameError",
+    "FrameFault",
+    "read_verbatim",
+    "starts_compressed",
+    "with_end_element",
+]
 
 Pcm = npt.NDArray[np.int16]
 
@@ -119,6 +127,28 @@ def _read_single_element(payload: bytes, channels: int, frame_length: int) -> Pc
         if tail and tail >> (rest - 3) != _END:
             return None
     return _samples(payload, position, count * channels).reshape(count, channels)
+
+
+def starts_compressed(payload: bytes, channels: int) -> bool:
+    """True when `read_verbatim(payload, channels, ...)` would return None at the first element.
+
+    That is: a whole 23-bit header of a channel element (single, pair or LFE) that fits the
+    channel layout, its escape bit clear, and not an all-zero payload (which `read_verbatim`
+    refuses as ALL_ZERO). Three bytes are read, plus a scan for a non-zero byte only when the
+    first byte is zero. False says nothing: `read_verbatim` decides as before.
+    """
+    if len(payload) < 3 or payload[2] & 0b10:  # too short for a header, or escape set
+        return False
+    element = payload[0] >> 5
+    if element == _CPE:
+        width = 2
+    elif element in (_SCE, _LFE):
+        width = 1
+    else:
+        return False
+    if _LAYOUT_OFFSETS[channels - 1][0] + width > channels:
+        return False
+    return bool(payload[0]) or payload.count(0) != len(payload)
 
 
 def read_verbatim(payload: bytes, channels: int, frame_length: int) -> Pcm | None:

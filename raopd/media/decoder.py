@@ -29,7 +29,13 @@ import numpy.typing as npt
 from raopd.core.audio_format import OUTPUT_CHANNELS
 from raopd.core.sdp import AlacConfig, Codec, StreamParams
 from raopd.errors import ProtocolError
-from raopd.media.alac_verbatim import AlacFrameError, FrameFault, read_verbatim, with_end_element
+from raopd.media.alac_verbatim import (
+    AlacFrameError,
+    FrameFault,
+    read_verbatim,
+    starts_compressed,
+    with_end_element,
+)
 
 __all__ = [
     "AlacDecoder",
@@ -155,12 +161,14 @@ class AlacDecoder:
         return self._channels
 
     def decode(self, payload: bytes) -> Pcm:
-        try:
-            pcm = read_verbatim(payload, self._channels, self._max_frames)
-        except AlacFrameError as exc:
-            raise DecodeError(exc.fault, f"ALAC payload ({len(payload)} bytes): {exc}") from exc
-        if pcm is None:
-            pcm = self._decode_compressed(payload)
+        verbatim: Pcm | None = None
+        # Every frame of an Apple sender says in its first header that it is compressed.
+        if not starts_compressed(payload, self._channels):
+            try:
+                verbatim = read_verbatim(payload, self._channels, self._max_frames)
+            except AlacFrameError as exc:
+                raise DecodeError(exc.fault, f"ALAC payload ({len(payload)} bytes): {exc}") from exc
+        pcm = self._decode_compressed(payload) if verbatim is None else verbatim
         return pcm if self._channels == OUTPUT_CHANNELS else _to_output_channels(pcm)
 
     def _decode_compressed(self, payload: bytes) -> Pcm:

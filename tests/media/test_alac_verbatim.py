@@ -18,7 +18,12 @@ from hypothesis import strategies as st
 
 from raopd.core.sdp import AlacConfig, Codec, StreamParams
 from raopd.errors import ProtocolError
-from raopd.media.alac_verbatim import AlacFrameError, FrameFault, read_verbatim
+from raopd.media.alac_verbatim import (
+    AlacFrameError,
+    FrameFault,
+    read_verbatim,
+    starts_compressed,
+)
 from raopd.media.decoder import DecodeError, alac_cookie, make_decoder
 
 
@@ -206,6 +211,41 @@ def test_a_pair_element_on_a_mono_stream_is_refused(test30_first4):
 
 def test_compressed_frames_are_left_to_ffmpeg(cliraop_first4):
     assert read_verbatim(cliraop_first4[0], 2, 352) is None
+    assert starts_compressed(cliraop_first4[0], 2)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    payload=st.one_of(
+        st.binary(max_size=24),
+        st.integers(0, 24).map(bytes),  # all zero: PulseAudio's PCM mode
+        st.tuples(st.integers(0, 255), st.binary(max_size=1), st.binary(max_size=20)).map(
+            lambda t: bytes([t[0]]) + t[1] + bytes(1) + t[2]  # escape bit clear, first byte any
+        ),
+    ),
+    channels=st.integers(1, 8),
+)
+def test_starts_compressed_is_exactly_read_verbatims_first_element_none(payload, channels):
+    """The header check says True exactly when read_verbatim gives up at the first element."""
+    try:
+        result = read_verbatim(payload, channels, 352)
+    except AlacFrameError:
+        expected = False
+    else:
+        # None with the first escape bit clear: it stopped at the first element.
+        expected = result is None and len(payload) >= 3 and not payload[2] & 0b10
+    assert starts_compressed(payload, channels) is expected
+
+
+def test_starts_compressed_on_real_frames(test30_first4):
+    from raopd.media.alac_encode import AlacEncoder
+
+    pcm = test30_first4[:352]
+    assert starts_compressed(AlacEncoder().encode(pcm), 2)
+    for pair in (True, False):
+        verbatim = build_frame(pcm, pair=pair, has_size=True, end=True)
+        assert not starts_compressed(verbatim, 2)
+    assert not starts_compressed(bytes(1412), 2)
 
 
 def test_compressed_frame_without_end_is_repaired_bit_exactly(test30_first4):
