@@ -599,7 +599,8 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         router.house = house
         state.house = house
         if state.web is not None:
-            house.add_consumer("web", state.web.hub, maxlen=64)
+            # The page's state and health graph are the only use of the sync refresh.
+            house.add_consumer("web", state.web.hub, maxlen=64, sync=True)
 
         try:
             server = RtspServer(

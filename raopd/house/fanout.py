@@ -3,9 +3,14 @@
 `Fanout.publish(change)` runs on the event loop, where the session events arrive, and never
 waits: it appends the change to each subscription's bounded queue and returns. A subscription
 whose consumer is slow or stuck loses its *oldest* changes (counted in `dropped`), never
-delays the audio path or another consumer. `run(subscription, handler)` is the consumer task:
-it awaits the handler for each change in order; a handler that raises is logged (once per
-kind of failure, then counted) and the task goes on with the next change.
+delays the audio path or another consumer. A subscription made with `sync=False` is not
+handed the periodic sync refresh (`ChangeKind.SYNC`): consumers with no use for it (the log,
+the metadata pipe, MQTT, hooks) are not woken once a second for nothing, and the house runs
+the refresh only while some subscription wants it (`wants_sync`).
+
+`run(subscription, handler)` is the consumer task: it awaits the handler for each change in
+order; a handler that raises is logged (once per kind of failure, then counted) and the task
+goes on with the next change.
 
 Observers (`observe`) are the exception for bookkeeping that must be done before the next
 event, such as folding an ended session's counters into /metrics: they are called inline and
@@ -20,7 +25,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from raopd.house.state import Change, PlayerState
+from raopd.house.state import Change, ChangeKind, PlayerState
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +44,9 @@ class ConsumerCounters:
 class Subscription:
     """A consumer's bounded queue of changes (drop-oldest)."""
 
-    def __init__(self, fanout: Fanout, name: str, maxlen: int) -> None:
+    def __init__(self, fanout: Fanout, name: str, maxlen: int, *, sync: bool = True) -> None:
         self.name = name
+        self.sync = sync  # takes the periodic sync refresh (ChangeKind.SYNC)
         self.counters = ConsumerCounters()
         self._fanout = fanout
         self._queue: deque[Change] = deque(maxlen=maxlen)
@@ -97,9 +103,12 @@ class Fanout:
         self._observers: list[Callable[[Change], None]] = []
         self.observer_failures = 0
 
-    def subscribe(self, name: str, maxlen: int = DEFAULT_QUEUE) -> Subscription:
-        """A new queue that receives every change published from now on."""
-        subscription = Subscription(self, name, maxlen)
+    def subscribe(
+        self, name: str, maxlen: int = DEFAULT_QUEUE, *, sync: bool = True
+    ) -> Subscription:
+        """A new queue that receives every change published from now on (without the periodic
+        sync refresh when `sync` is False)."""
+        subscription = Subscription(self, name, maxlen, sync=sync)
         self.subscriptions.append(subscription)
         return subscription
 
@@ -107,6 +116,11 @@ class Fanout:
         """Forget a subscription (Subscription.close does this)."""
         if subscription in self.subscriptions:
             self.subscriptions.remove(subscription)
+
+    @property
+    def wants_sync(self) -> bool:
+        """Some subscription takes the periodic sync refresh."""
+        return any(subscription.sync for subscription in self.subscriptions)
 
     def observe(self, observer: Callable[[Change], None]) -> None:
         """Call `observer(change)` inline for every change (bookkeeping only: keep it quick)."""
@@ -122,8 +136,10 @@ class Fanout:
                 except Exception:
                     self.observer_failures += 1
                     logger.exception("state observer %r failed", observer)
+            refresh = change.kind is ChangeKind.SYNC
             for subscription in self.subscriptions:
-                subscription.put(change)
+                if subscription.sync or not refresh:
+                    subscription.put(change)
 
 
 async def run(subscription: Subscription, handler: Callable[[Change], Awaitable[None]]) -> None:

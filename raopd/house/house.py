@@ -4,7 +4,8 @@ The daemon's event router hands every non-audio session event to `House.session_
 says when audio resumes after a flush); the tracker turns it into changes and the fan-out
 hands them on. The house owns what needs time: the active state's timeout after the last
 stream (`active_state_timeout`) and a once-a-second refresh of the sync figures while a
-stream plays. `stop()` ends the playing session from our side (remote "stop").
+stream plays, only if a consumer takes it (the web page's graph and state; nothing else uses
+it). `stop()` ends the playing session from our side (remote "stop").
 """
 
 from __future__ import annotations
@@ -96,9 +97,12 @@ class House:
 
     # ----------------------------------------------------------- consumers
 
-    def add_consumer(self, name: str, handler: Handler, maxlen: int = 256) -> Subscription:
-        """Subscribe `handler` and run it as a task of its own until close()."""
-        subscription = self.fanout.subscribe(name, maxlen)
+    def add_consumer(
+        self, name: str, handler: Handler, maxlen: int = 256, *, sync: bool = False
+    ) -> Subscription:
+        """Subscribe `handler` and run it as a task of its own until close(). With `sync` it
+        also gets the once-a-second sync refresh (ChangeKind.SYNC) while a stream plays."""
+        subscription = self.fanout.subscribe(name, maxlen, sync=sync)
         task = asyncio.get_running_loop().create_task(
             fanout_module.run(subscription, handler), name=f"house-{name}"
         )
@@ -140,7 +144,11 @@ class House:
                 if self._active_timer is not None:
                     self._active_timer.cancel()
                     self._active_timer = None
-                if self._sync_figures is not None and self._sync_task is None:
+                if (
+                    self._sync_figures is not None
+                    and self._sync_task is None
+                    and self.fanout.wants_sync
+                ):
                     self._sync_task = self._running_loop().create_task(self._refresh_sync())
             elif change.kind is ChangeKind.PLAY_END:
                 if self._active_timer is not None:

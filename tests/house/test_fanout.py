@@ -6,7 +6,8 @@ import asyncio
 
 from raopd.house import fanout
 from raopd.house.fanout import Fanout
-from raopd.house.state import Change, ChangeKind, PlayerState, Status
+from raopd.house.house import House
+from raopd.house.state import Change, ChangeKind, PlayerState, Status, SyncFigures
 
 
 def change(n: int) -> Change:
@@ -109,3 +110,38 @@ async def test_closed_subscription_ends_its_consumer():
     sub.close()
     await asyncio.wait_for(task, 5)  # ends by itself
     assert sub not in hub.subscriptions
+
+
+def test_the_sync_refresh_goes_only_to_subscriptions_that_take_it():
+    hub = Fanout()
+    assert not hub.wants_sync  # nobody yet
+    log = hub.subscribe("log", sync=False)
+    assert not hub.wants_sync
+    page = hub.subscribe("web")  # a bare subscription gets everything
+    assert hub.wants_sync
+    refresh = Change(ChangeKind.SYNC, PlayerState(status=Status.PLAYING), 1.0)
+    hub.publish([change(0), refresh, change(2)])
+    assert [c.at for _ in range(3) if (c := page.get_nowait())] == [0.0, 1.0, 2.0]
+    assert [c.at for _ in range(2) if (c := log.get_nowait())] == [0.0, 2.0]
+    assert log.pending() == 0 and log.counters.dropped == 0
+
+
+async def test_the_house_refreshes_sync_figures_only_for_a_consumer_that_takes_them():
+    figures = SyncFigures(0.0, 0.0, None, 0, 0, 0, True)
+    begin = Change(ChangeKind.PLAY_BEGIN, PlayerState(status=Status.PLAYING), 0.0)
+
+    async def ignore(c: Change) -> None:
+        pass
+
+    quiet = House(sync_figures=lambda: figures)
+    quiet.add_consumer("log", ignore)  # consumers default to no sync refresh
+    quiet._publish([begin])
+    assert quiet._sync_task is None  # nothing to refresh for: no timer runs
+    await quiet.close(drain=0)
+
+    graph = House(sync_figures=lambda: figures)
+    graph.add_consumer("log", ignore)
+    graph.add_consumer("web", ignore, sync=True)
+    graph._publish([begin])
+    assert graph._sync_task is not None
+    await graph.close(drain=0)
