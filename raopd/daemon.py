@@ -69,7 +69,6 @@ OUTPUT_STOP_TIMEOUT = 1.0  # seconds; shutdown must finish within 2 s in all
 # Audio held for play-start hooks beyond this is due before they end anyway (senders' latency
 # is 2 to 4 s), so only the newest 5 s are kept.
 MAX_HELD_FRAMES = 5 * 44100
-READINESS_POLL = 0.5  # seconds between readiness checks for the "ready"/"not ready" log line
 
 
 @dataclass(slots=True)
@@ -493,27 +492,61 @@ def check_interfaces(setting: str) -> list[str] | None:
     return names or None
 
 
-async def log_readiness(state: DaemonState, interval: float = READINESS_POLL) -> None:
-    """Log "raopd ready" when /readyz would answer 200, "raopd not ready: why" when it would
-    not, once per change (the readiness check is cheap: a few attribute reads)."""
-    last: str | None = None
-    while True:
+class ReadinessLog:
+    """Logs "raopd ready: ..." when /readyz would answer 200 and "raopd not ready: why" when it
+    would not, once per change (`metrics.readiness` is the one definition of ready).
+
+    Nothing polls: `check()` runs once everything has started (`start()`), then whenever an
+    input of the readiness can have changed: an mDNS address change (`MdnsAdvertiser.on_change`)
+    and the output's device, fault or thread (`OutputThread.on_health_change`, on the output
+    thread, hence `check_threadsafe`). The RTSP server and the mDNS registration change only at
+    start-up and shutdown; after `close()` (shutdown) nothing more is logged.
+    """
+
+    def __init__(self, state: DaemonState, loop: asyncio.AbstractEventLoop) -> None:
+        self.state = state
+        self._loop = loop
+        self._last: str | None = None
+        self._started = False
+        self._closed = False
+
+    def start(self) -> None:
+        """Everything is up: log the state as it is, and every change from now on."""
+        self._started = True
+        self.check()
+
+    def check(self) -> None:
+        """Log the readiness if it differs from what was logged last (on the event loop)."""
+        if not self._started or self._closed:
+            return
+        state = self.state
         ready, missing = metrics.readiness(state)
         now = "" if ready else "; ".join(missing)
-        if now != last:
-            if ready:
-                mdns = state.mdns
-                logger.info(
-                    "raopd ready: %s on port %d, %s (device id %s)",
-                    mdns.service_name if mdns else state.receiver.name,
-                    state.config.port,
-                    ", ".join(mdns.addresses) if mdns else "",
-                    state.receiver.device_id,
-                )
-            else:
-                logger.warning("raopd not ready: %s", now)
-            last = now
-        await asyncio.sleep(interval)
+        if now == self._last:
+            return
+        self._last = now
+        if ready:
+            mdns = state.mdns
+            logger.info(
+                "raopd ready: %s on port %d, %s (device id %s)",
+                mdns.service_name if mdns else state.receiver.name,
+                state.config.port,
+                ", ".join(mdns.addresses) if mdns else "",
+                state.receiver.device_id,
+            )
+        else:
+            logger.warning("raopd not ready: %s", now)
+
+    def check_threadsafe(self) -> None:
+        """`check()` on the event loop, from any thread."""
+        if self._closed:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing: nothing to log any more
+            self._loop.call_soon_threadsafe(self.check)
+
+    def close(self) -> None:
+        """Shutdown: the server and mDNS going away is not news."""
+        self._closed = True
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -563,6 +596,8 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
         output = OutputThread(
             sink, playout_settings(config, sink.clocked), period_frames=config.period_frames
         )
+        readiness = ReadinessLog(state, loop)
+        output.on_health_change = readiness.check_threadsafe
         output.start()
         stack.callback(output.stop, OUTPUT_STOP_TIMEOUT)
         state.output = output
@@ -638,8 +673,9 @@ async def run(config: Config, shutdown: asyncio.Event | None = None) -> None:
             await mdns.start()
             stack.push_async_callback(mdns.close)
             state.mdns = mdns
-            watch = asyncio.create_task(log_readiness(state), name="readiness-log")
-            stack.push_async_callback(_cancel, watch)
+            mdns.on_change = readiness.check
+            readiness.start()
+            stack.callback(readiness.close)
 
             await shutdown.wait()
             logger.info("shutting down")

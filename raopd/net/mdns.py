@@ -9,7 +9,8 @@
   `speaker_name` say what was finally published.
 - Address changes: the interface addresses are polled every `address_poll_interval` seconds
   (ifaddr, which zeroconf itself uses); on a change the sockets are reconciled (when raopd owns
-  the zeroconf instance) and the records re-announced with `async_update_service`.
+  the zeroconf instance), the records re-announced with `async_update_service`, and
+  `on_change` called (the daemon's readiness log).
 - `close()` withdraws the service with goodbye packets (TTL 0), so senders drop the speaker at
   once instead of after the record's TTL.
 QM and QU questions are both answered by zeroconf (QU by unicast when the record was multicast
@@ -165,6 +166,8 @@ class MdnsAdvertiser:
         self._service: AsyncServiceInfo | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self.reannouncements = 0  # address changes published (for metrics)
+        # Called after an address change is published (the daemon's readiness log).
+        self.on_change: Callable[[], None] | None = None
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -230,13 +233,17 @@ class MdnsAdvertiser:
             return False
         logger.info("addresses changed: %s -> %s", self.addresses, current)
         self.addresses = current
-        if self._owns_zeroconf and hasattr(self._zeroconf, "async_update_interfaces"):
-            # New or vanished interface addresses need new or fewer sockets before announcing.
-            await self._zeroconf.async_update_interfaces(zeroconf_interfaces(self.interfaces))
-        self._service = self._service_info(self._service.name[: -len(SERVICE_TYPE) - 1])
-        announced = await self._zeroconf.async_update_service(self._service)
-        await announced
-        self.reannouncements += 1
+        try:
+            if self._owns_zeroconf and hasattr(self._zeroconf, "async_update_interfaces"):
+                # New or vanished interface addresses need new or fewer sockets before announcing.
+                await self._zeroconf.async_update_interfaces(zeroconf_interfaces(self.interfaces))
+            self._service = self._service_info(self._service.name[: -len(SERVICE_TYPE) - 1])
+            announced = await self._zeroconf.async_update_service(self._service)
+            await announced
+            self.reannouncements += 1
+        finally:
+            if self.on_change is not None:  # `addresses` changed, announced or not
+                self.on_change()
         return True
 
     async def close(self) -> None:

@@ -16,6 +16,10 @@ logged (at most once every ERROR_LOG_INTERVAL seconds), counted in `errors`, and
 on. A sink that fails for good says so in its `fault` (disk full, broken pipe), which the
 snapshot carries to /readyz.
 
+Whenever the sink's device opens or closes, its fault appears or clears, or the thread ends,
+the thread calls `on_health_change` (the daemon's readiness log schedules its check from
+there), so nothing has to poll for those.
+
 Other threads read `snapshot()`: a copy of the playout and sink counters published by the output
 thread under a lock, plus the smallest DAC queue and whether every block was bit-exact since the
 previous `snapshot(reset=True)` (the statistics line's interval).
@@ -149,6 +153,10 @@ class OutputThread:
         # stream's latency (core/latency.py). None: full, a period at a time (2 s senders).
         self._fill_frames: int | None = None
         self._write_frames = period_frames
+        # Called on this thread when (opened, fault) changes or the thread ends: must be quick
+        # and thread-safe (the daemon's hands the check to the event loop).
+        self.on_health_change: Callable[[], None] | None = None
+        self._health: tuple[bool, str | None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -158,6 +166,7 @@ class OutputThread:
     def start(self) -> None:
         """Start the thread (the sink must already be open)."""
         self.heartbeat = self._clock()
+        self._health = self._sink_health()
         self._thread.start()
 
     def submit(self, command: Command) -> None:
@@ -197,7 +206,27 @@ class OutputThread:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def _sink_health(self) -> tuple[bool, str | None]:
+        fault = getattr(self.sink, "fault", None)
+        return self.sink.opened, fault if isinstance(fault, str) else None
+
+    def _note_health(self) -> None:
+        """Call `on_health_change` if the device opened or closed or the fault changed."""
+        health = self._sink_health()
+        if health != self._health:
+            self._health = health
+            if self.on_health_change is not None:
+                self.on_health_change()
+
     def _run(self) -> None:
+        try:
+            self._supervise()
+        finally:
+            self._health = None
+            if self.on_health_change is not None:
+                self.on_health_change()  # `alive` is about to turn False
+
+    def _supervise(self) -> None:
         run = self._run_clocked if self.sink.clocked else self._run_untimed
         while True:
             try:
@@ -223,6 +252,7 @@ class OutputThread:
             except queue.Empty:
                 self.heartbeat = self._clock()
                 self.sink.reopen_if_due()  # a faulted file looks whether it works again
+                self._note_health()
                 continue
             self.heartbeat = self._clock()
             if isinstance(command, Stop):
@@ -232,12 +262,14 @@ class OutputThread:
             if len(block):
                 self.sink.write(block)  # a file sink never raises: it faults and counts
                 self._account(len(block), None)
+                self._note_health()
 
     def _run_clocked(self) -> None:
         sink = self.sink
         next_discard = 0.0  # when the next block is due while the device is away
         while True:
             self.heartbeat = self._clock()
+            self._note_health()  # after the last round's reopen, measure or write
             if not self._playing or not sink.opened:
                 if not sink.opened and sink.reopen_if_due():
                     continue

@@ -207,6 +207,8 @@ async def test_polling_notices_address_changes(lan, zc_a):
         Receiver("Poll"), 5002, zeroconf=zc_a, addresses=lambda: list(current),
         address_poll_interval=0.05,
     )  # fmt: skip
+    told: list[list[str]] = []
+    advertiser.on_change = lambda: told.append(list(advertiser.addresses))  # readiness log
     await advertiser.start()
     try:
         current.append("10.77.0.12")
@@ -214,6 +216,7 @@ async def test_polling_notices_address_changes(lan, zc_a):
             while advertiser.reannouncements == 0:
                 await asyncio.sleep(0.05)
         assert advertiser.addresses == [lan.a_ip, "10.77.0.12"]
+        assert told == [[lan.a_ip, "10.77.0.12"]]  # once, for the one change
     finally:
         await advertiser.close()
 

@@ -111,3 +111,38 @@ def test_disk_full_keeps_a_valid_wav_and_recovers_when_space_is_freed(small_disk
     sink.close()
     with wave.open(str(path)) as wav:
         assert wav.getnframes() == (os.path.getsize(path) - 44) // 4
+
+
+def test_the_thread_says_when_the_outputs_health_changes_and_only_then(tmp_path):
+    """What the daemon's readiness log hangs on instead of polling."""
+    calls: list[tuple[bool, str | None]] = []
+    good = FileSink(str(tmp_path / "out.wav"))
+    good.open()
+    output = OutputThread(good)
+    output.on_health_change = lambda: calls.append((output.sink.opened, good.fault))
+    output.start()
+    try:
+        for i in range(5):
+            output.submit(Push(i * 352, stereo(352, seed=i)))
+        wait_for(lambda: output.snapshot().frames_written == 5 * 352, "five blocks")
+        assert calls == []  # a healthy output: nothing to say
+    finally:
+        output.stop()
+        good.close()
+    assert len(calls) == 1  # the thread ended
+
+    full = FileSink("/dev/full")
+    full.open()
+    output = OutputThread(full)
+    seen: list[str | None] = []
+    output.on_health_change = lambda: seen.append(full.fault)
+    output.start()
+    try:
+        for i in range(3):
+            output.submit(Push(i * 352, stereo(352, seed=i)))
+        wait_for(lambda: output.snapshot().sink_dropped_frames == 3 * 352, "three dropped blocks")
+        assert len(seen) == 1 and seen[0] is not None and "No space left" in seen[0]
+    finally:
+        output.stop()
+        full.close()
+    assert len(seen) == 2 and not output.alive
