@@ -21,6 +21,8 @@ The client runs in its own task: while the broker is unreachable raopd keeps pla
 client retries with exponential backoff (1 s to 30 s), says so once, and on reconnecting
 publishes availability, discovery and the current state again. Changes that arrive while it
 is disconnected are dropped and counted (the retained state topics are refreshed anyway).
+aiomqtt (and paho-mqtt under it, about 4 MB resident) is imported when the client starts, so a
+daemon without MQTT, the default, does not carry it.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-
-import aiomqtt
+from typing import TYPE_CHECKING
 
 from raopd import __version__
 from raopd.house.dacp import COMMANDS
 from raopd.house.sps import Item, VolumeRange, items_for
 from raopd.house.state import Change, ChangeKind, PlayerState
+
+if TYPE_CHECKING:
+    import aiomqtt
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +265,8 @@ class MqttClient:
         """Say offline and disconnect."""
         client = self._client
         if client is not None:
+            import aiomqtt  # already loaded: a client exists
+
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 await asyncio.wait_for(
                     client.publish(f"{self.settings.topic}/availability", "offline", retain=True),
@@ -272,6 +278,8 @@ class MqttClient:
                 await self._task
 
     async def _run(self) -> None:
+        import aiomqtt  # here, not at the top: only a daemon with MQTT on needs it
+
         settings = self.settings
         backoff = BACKOFF_FIRST
         down_since_logged = False
