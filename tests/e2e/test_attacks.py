@@ -29,13 +29,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from raopd.core.audio_format import FRAMES_PER_PACKET
 from raopd.core.packets import AudioPacket, ResentAudio
 from raopd.tools.sender import RaopSender, SenderError, SenderOptions
 from tests.e2e.daemon import DEVICE_ID, Daemon, free_tcp_port, read_wav, statistics
+from tests.paced import paced_output
 
 ATTACKER = "127.0.0.2"
 ACCEPT_WITHIN = 2.0  # seconds from the end of an attack to a legitimate ANNOUNCE's 200
@@ -313,20 +313,36 @@ def accounted(out: np.ndarray, source: np.ndarray) -> tuple[int, int, int]:
 
 
 async def stream_and_count(
-    daemon: Daemon, http: int, sender: RaopSender, pcm: np.ndarray
+    daemon: Daemon,
+    http: int,
+    sender: RaopSender,
+    pcm: np.ndarray,
+    before_teardown: tuple[Callable[[], Awaitable[bool]], str] | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Play `pcm` with `sender`; once the receiver has every packet or has given it up, the
-    next statistics line, then TEARDOWN; (/metrics after the session ended, that line)."""
+    next statistics line, then (after `before_teardown`'s condition holds, if given: the
+    condition and what it waits for) TEARDOWN; (/metrics after the session ended, that
+    line)."""
     await asyncio.wait_for(sender.connect(), ACCEPT_WITHIN)
-    play = asyncio.create_task(sender.play(pcm))
     packets = -(-len(pcm) // FRAMES_PER_PACKET)
 
     seen: dict[str, float] = {}
+    repeated = 0.0
 
     async def settled() -> bool:
+        nonlocal repeated
+        if time.monotonic() - repeated > 0.5:
+            # At 30x the receiver's socket buffer overflows now and then (kernel drops, see
+            # daemon.udp_drops). Each packet lost that way is asked for again, except at the
+            # end of the stream, of which no receiver can know: the last packet is sent
+            # again (a duplicate if the original arrived) until the receiver is settled.
+            last = sender._backlog[sender._seq(sender.report.packets - 1)]
+            sender._send_audio(bytes(last))
+            repeated = time.monotonic()
         seen.update(await metrics(http))
         return seen["raopd_packets_received_total"] + seen["raopd_packets_lost_total"] >= packets
 
+    await sender.play(pcm)
     try:
         await poll_until(settled, "every packet received or given up")
     except AssertionError as exc:
@@ -339,7 +355,8 @@ async def stream_and_count(
 
     await poll_until(next_line, "a statistics line after that")
     line = statistics(daemon.log)[-1]
-    await play
+    if before_teardown is not None:
+        await poll_until(*before_teardown)
     await sender.teardown()
     await sender.close()
     await poll(
@@ -348,17 +365,6 @@ async def stream_and_count(
         "the session to end",
     )
     return await metrics(http), line
-
-
-class TailRepeater(RaopSender):
-    """raopd's sender, sending its last audio packet once more after the stream. At 30x the
-    receiver's socket buffer overflows now and then (kernel drops, see daemon.udp_drops):
-    every packet lost that way is asked for again, except a lost *last* one, of which no
-    receiver can know. The repeat is a duplicate when the original arrived."""
-
-    async def play(self, pcm: npt.ArrayLike, start: float | None = None) -> None:
-        await super().play(pcm, start)
-        self._send_audio(bytes(self._backlog[self._seq(self.report.packets - 1)]))
 
 
 async def test_4a_a_sender_far_ahead_of_real_time_loses_nothing_uncounted(
@@ -374,7 +380,7 @@ async def test_4a_a_sender_far_ahead_of_real_time_loses_nothing_uncounted(
     # 0.5 % of the packets lost, and no resends (not every sender answers them): each gap
     # waits for its repair while 30x the usual audio piles up behind it. The old buffer
     # restarted when 1024 had piled up and threw them all away.
-    sender = TailRepeater(
+    sender = RaopSender(
         "127.0.0.1", daemon.port, options(speed=30.0, drop=0.005, seed=4, resend=False)
     )
     counted, line = await stream_and_count(daemon, http, sender, pcm)
@@ -402,6 +408,87 @@ async def test_4a_a_sender_far_ahead_of_real_time_loses_nothing_uncounted(
         counted[f"raopd_packets_{name}_total"] for name in ("late", "stray", "paced")
     )
     assert int(line["Dropped"]) == late_stray_paced, line
+
+
+async def test_4a_on_a_device_audio_far_ahead_is_dropped_and_counted(tmp_path, clip):
+    """The same sender at 30x, to a device that plays in real time (the paced sink of
+    tests/paced.py through ALSA): audio due more than 10 s ahead is dropped and counted
+    (packets_paced, "Dropped" in the statistics line) instead of queued without bound or
+    thrown away with the jitter buffer; sent == passed to the output + counted, exactly, and
+    what was kept is heard in one piece."""
+    pcm = clip(0.0, 20.0)
+    pcm = pcm[: len(pcm) // FRAMES_PER_PACKET * FRAMES_PER_PACKET]  # whole packets: the
+    # paced counter counts packets, and the last one would be short
+    with paced_output(tmp_path) as paced:
+        http = free_tcp_port()
+        daemon = Daemon(
+            tmp_path,
+            ["--device", paced.device(0), "--statistics", "--http-port", str(http)],
+            env={**paced.env, "RAOPD_STATISTICS_INTERVAL": "0.5"},
+            to_file=False,
+        )
+        await daemon.start()
+        try:
+            sender = RaopSender(
+                "127.0.0.1", daemon.port, options(speed=30.0, backlog_packets=4096, volume=0.0)
+            )
+
+            async def played_out() -> bool:
+                # TEARDOWN drops what is still queued, in raopd and in the device: wait
+                # until the kept audio has been heard (the check below says how exactly).
+                m = await metrics(http)
+                if m["raopd_playout_queue_frames"]:
+                    return False
+                pieces = heard_pieces(paced.output(0))
+                expected = m["raopd_session_frames_total"] - 0.01 * 44100
+                return bool(pieces) and len(pieces[0]) >= expected
+
+            counted, line = await stream_and_count(
+                daemon,
+                http,
+                sender,
+                pcm,
+                (played_out, "the audio passed to the output to be heard in one piece"),
+            )
+            after = clip(22.0, 3.0)
+            await legitimate(daemon, after, speed=1.0, linger=3.0, volume=0.0)
+        finally:
+            assert await daemon.stop() == 0, "\n".join(daemon.log[-30:])
+        recording = paced.output(0)
+    kept = counted["raopd_session_frames_total"]
+    stand_in = counted["raopd_session_silent_frames_total"]
+    paced_out = counted["raopd_packets_paced_total"]
+    assert kept + stand_in + paced_out * FRAMES_PER_PACKET == len(pcm), (kept, stand_in, paced_out)
+    # About 10 s (plus the latency) was kept; the rest was due too far ahead.
+    assert 8 * 44100 < kept < 14 * 44100, kept
+    assert int(line["Dropped"]) == paced_out, line
+    assert counted["raopd_packets_lost_total"] * FRAMES_PER_PACKET == stand_in
+    # Heard: the start of the stream in one piece, then the next sender. Its length is what
+    # was passed to the output give or take the playout's counted corrections (drift on the
+    # sink's clock inserts or drops single frames, so the samples are compared as a whole,
+    # not bit for bit; the clip has no all-zero frame to blur the piece's ends).
+    pieces = heard_pieces(recording)
+    assert len(pieces) == 2, [len(piece) for piece in pieces]
+    first, second = pieces
+    corrections = (
+        counted["raopd_playout_frames_inserted_total"]
+        - counted["raopd_playout_frames_dropped_total"]
+        - counted["raopd_playout_skipped_frames_total"]
+    )
+    assert len(first) == kept + stand_in + corrections, (len(first), kept, stand_in, corrections)
+    assert np.isin(first[:4410:7, 0], pcm[: int(kept), 0]).all()  # the sender's audio
+    assert np.isin(second[-4410::7, 0], after[:, 0]).all()
+
+
+def heard_pieces(recording: np.ndarray, pause: int = 4410) -> list[np.ndarray]:
+    """The parts of `recording` between silences of at least `pause` frames."""
+    loud = np.flatnonzero(recording.any(axis=1))
+    if not len(loud):
+        return []
+    breaks = np.flatnonzero(np.diff(loud) > pause)
+    starts = [loud[0], *(loud[breaks + 1])]
+    ends = [*(loud[breaks]), loud[-1]]
+    return [recording[a : b + 1] for a, b in zip(starts, ends, strict=True)]
 
 
 JUMP_AT = 600  # packet index where the sender's sequence numbers jump
