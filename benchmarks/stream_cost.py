@@ -15,6 +15,12 @@ prints one JSON object:
   is the likely cause (the kernel maps cached neighbours of a faulting page); not pinned down;
 - `bit_exact`: the WAV equals the input, sample for sample.
 
+`--sample-rss N` also reads raopd's VmRSS and RssAnon every N seconds while the audio plays
+and adds `rss_trend`: the median of each and its least-squares slope (MB per 10 minutes) over
+the first and over the last `--rss-window` seconds (default 300) of the stream, and the slope
+over the whole stream, to show whether a long stream's memory stays flat
+(`--seconds 1200 --sample-rss 10`: twenty minutes).
+
 Every run sends what an iPhone sends for a track (DMAP, a JPEG cover, progress); `--house`
 also turns on the metadata pipe (read by a thread here), MQTT (to a Mosquitto started here,
 loopback only) and play start/end hooks, to measure what the house integration costs.
@@ -25,7 +31,7 @@ page would) for the whole stream, then times 100 requests each of /metrics, /api
 Targets: at most 1.0 s CPU per audio minute and 64 MB peak RSS.
 
     python benchmarks/stream_cost.py [--seconds 60] [--speed 1.0] [--codec alac-verbatim]
-        [--receiver-root CHECKOUT] [--house] [--page]
+        [--receiver-root CHECKOUT] [--house] [--page] [--sample-rss 10 [--rss-window 300]]
 
 `--codec alac-verbatim-noend` sends verbatim frames as PipeWire and PulseAudio do (no END
 element); `--receiver-root` measures another checkout's raopd (e.g. an export of main) with
@@ -52,6 +58,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -88,6 +95,84 @@ def status_kb(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+class RssSampler:
+    """Reads a process's VmRSS and RssAnon every `interval` seconds in a thread.
+
+    A thread rather than a task so that a sample is taken on time whatever the sender's
+    event loop is doing, and the sender's pacing does not wait for /proc.
+    """
+
+    def __init__(self, pid: int, interval: float) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []  # (monotonic s, VmRSS kB, RssAnon kB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()  # the end of the stream is always in the last window
+
+    def _sample(self) -> None:
+        with contextlib.suppress(OSError, KeyError):
+            self.samples.append(
+                (time.monotonic(), status_kb(self.pid, "VmRSS"), status_kb(self.pid, "RssAnon"))
+            )
+
+    def _run(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(self.interval):
+                return
+
+    def trend(self, window: float) -> dict[str, object]:
+        """First vs last `window` seconds: median MB and slope in MB per 10 minutes."""
+        if len(self.samples) < 2:
+            return {"samples": len(self.samples)}
+        t0 = self.samples[0][0]
+        t = np.array([s[0] - t0 for s in self.samples])
+        series = {
+            "rss": np.array([s[1] for s in self.samples]) / 1024,
+            "anon": np.array([s[2] for s in self.samples]) / 1024,
+        }
+        # Half an interval of slack: a sample due at `window` s may come a moment late.
+        first = t <= window + self.interval / 2
+        last = t >= t[-1] - window - self.interval / 2
+
+        def summary(mask: npt.NDArray[np.bool_]) -> dict[str, object]:
+            line: dict[str, object] = {
+                "from_s": round(float(t[mask][0]), 1),
+                "to_s": round(float(t[mask][-1]), 1),
+                "samples": int(mask.sum()),
+            }
+            for name, mb in series.items():
+                line[f"median_{name}_mb"] = round(float(np.median(mb[mask])), 2)
+                line[f"slope_{name}_mb_per_10min"] = slope(t[mask], mb[mask])
+            return line
+
+        return {
+            "interval_s": self.interval,
+            "window_s": window,
+            "samples": len(self.samples),
+            "first": summary(first),
+            "last": summary(last),
+            "whole": {f"slope_{name}_mb_per_10min": slope(t, mb) for name, mb in series.items()},
+            "min_rss_mb": round(float(series["rss"].min()), 2),
+            "max_rss_mb": round(float(series["rss"].max()), 2),
+        }
+
+
+def slope(t: npt.NDArray[np.float64], mb: npt.NDArray[np.float64]) -> float | None:
+    """Least-squares slope of `mb` over `t` (seconds), in MB per 10 minutes."""
+    if len(t) < 2 or t[-1] == t[0]:
+        return None
+    return round(float(np.polyfit(t, mb, 1)[0]) * 600, 3)
+
+
 def looped(pcm: np.ndarray, frames: int) -> np.ndarray:
     reps = -(-frames // len(pcm))
     return np.ascontiguousarray(np.concatenate([pcm] * reps)[:frames])
@@ -121,9 +206,16 @@ def sender_for(
 
 
 async def measure(
-    sender: RaopSender, pid: int, source: np.ndarray, metadata: bool = False
+    sender: RaopSender,
+    pid: int,
+    source: np.ndarray,
+    metadata: bool = False,
+    sample_rss: float | None = None,
+    rss_window: float = 300.0,
 ) -> dict[str, object]:
-    """Stream `source` and read the receiver's CPU and memory around it."""
+    """Stream `source` and read the receiver's CPU and memory around it (and with
+    `sample_rss`, its resident set every that many seconds while the audio plays)."""
+    sampler = RssSampler(pid, sample_rss) if sample_rss else None
     try:
         await sender.connect()
         cpu_start = cpu_seconds(pid)
@@ -134,7 +226,13 @@ async def measure(
             )
             await sender.set_artwork(COVER.read_bytes(), "image/jpeg", start)
             await sender.set_progress(start, start, start + len(source))
-        await sender.play(source)
+        if sampler is not None:
+            sampler.start()
+        try:
+            await sender.play(source)
+        finally:
+            if sampler is not None:
+                sampler.stop()
         await sender.teardown()
         cpu_end = cpu_seconds(pid)
         peak_kb = status_kb(pid, "VmHWM")
@@ -144,6 +242,7 @@ async def measure(
     finally:
         await sender.close()
     audio_min = len(source) / 44100 / 60
+    trend = {} if sampler is None else {"rss_trend": sampler.trend(rss_window)}
     return {
         "audio_s": round(len(source) / 44100, 3),
         "cpu_s_per_audio_min": round((cpu_end - cpu_start) / audio_min, 3),
@@ -154,6 +253,7 @@ async def measure(
         "rss_end_file_mb": round(file_kb / 1024, 1),
         "packets": sender.report.packets,
         "resend_requests": sender.report.resend_requests,
+        **trend,
     }
 
 
@@ -231,6 +331,8 @@ async def run(
     latency_frames: int = DEFAULT_LATENCY_FRAMES,
     house: bool = False,
     page: bool = False,
+    sample_rss: float | None = None,
+    rss_window: float = 300.0,
 ) -> dict[str, object]:
     """raopd (of the checkout `root`), started here with --output to a WAV file (and with
     `house`: the metadata pipe with a reader, MQTT to a Mosquitto started here, and hooks for
@@ -263,7 +365,14 @@ async def run(
         try:
             if viewer is not None:
                 await viewer.open()
-            result = await measure(sender, daemon.process.pid, source, metadata=True)
+            result = await measure(
+                sender,
+                daemon.process.pid,
+                source,
+                metadata=True,
+                sample_rss=sample_rss,
+                rss_window=rss_window,
+            )
             if viewer is not None:
                 result["page_events"] = viewer.events
                 result["http_ms"] = {
@@ -293,12 +402,24 @@ async def run(
 
 
 async def run_against(
-    address: str, pid: int, raw_output: Path | None, seconds: float, speed: float
+    address: str,
+    pid: int,
+    raw_output: Path | None,
+    seconds: float,
+    speed: float,
+    sample_rss: float | None = None,
+    rss_window: float = 300.0,
 ) -> dict[str, object]:
     """Another receiver, already running (benchmarks/shairport_reference.sh starts one)."""
     source = test_audio(seconds)
     host, _, port = address.rpartition(":")
-    result = await measure(sender_for(host, int(port), speed, None), pid, source)
+    result = await measure(
+        sender_for(host, int(port), speed, None),
+        pid,
+        source,
+        sample_rss=sample_rss,
+        rss_window=rss_window,
+    )
     line: dict[str, object] = {"receiver": Path(f"/proc/{pid}/exe").resolve().name, **result}
     line["speed"] = speed
     if raw_output is not None:
@@ -348,12 +469,36 @@ def main() -> None:
         action="store_true",
         help="with the web page's event stream open, then time /metrics and /api/v1/state",
     )
+    parser.add_argument(
+        "--sample-rss",
+        type=float,
+        metavar="N",
+        help="read raopd's VmRSS/RssAnon every N seconds while the audio plays and compare "
+        "the first and last --rss-window seconds (median, slope in MB per 10 min)",
+    )
+    parser.add_argument(
+        "--rss-window",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="the length of the first and last windows compared (default 300 s)",
+    )
     args = parser.parse_args()
+    if args.sample_rss is not None and not args.sample_rss > 0:
+        parser.error("--sample-rss must be a positive number of seconds")
     if args.against:
         if args.pid is None:
             parser.error("--against needs --pid")
         line = asyncio.run(
-            run_against(args.against, args.pid, args.raw_output, args.seconds, args.speed)
+            run_against(
+                args.against,
+                args.pid,
+                args.raw_output,
+                args.seconds,
+                args.speed,
+                args.sample_rss,
+                args.rss_window,
+            )
         )
     else:
         line = asyncio.run(
@@ -365,6 +510,8 @@ def main() -> None:
                 args.latency_frames,
                 args.house,
                 args.page,
+                args.sample_rss,
+                args.rss_window,
             )
         )
     print(json.dumps(line))

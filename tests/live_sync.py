@@ -401,6 +401,8 @@ def scenario(
     meant = start + np.arange(len(src)) / RATE + LATENCY_S
     heard_at = []
     for receiver, recorded, log in zip(receivers, outputs, logs, strict=True):
+        # Kept beside the error series for a look at a run afterwards.
+        (directory / f"receiver{receiver.output}.log").write_text(log)
         walked = walk(src, recorded)
         found = walked.position >= 0
         heard = np.full(len(src), np.nan)

@@ -56,6 +56,12 @@ def udp_drops(ports: Iterable[int]) -> int:
     return total
 
 
+def statistics(log: list[str]) -> list[dict[str, str]]:
+    """raopd's statistics lines (`--statistics`) in `log`, each as {field: value}."""
+    lines = [line[line.index("Sync Error ms:") :] for line in log if "Sync Error ms:" in line]
+    return [dict(field.split(": ", 1) for field in line.split(", ")) for line in lines]
+
+
 class Daemon:
     """One raopd process writing to `output`."""
 

@@ -31,9 +31,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from raopd.core.audio_format import FRAMES_PER_PACKET
+from raopd.core.audio_path import MAX_AHEAD
 from raopd.core.packets import AudioPacket, ResentAudio
 from raopd.tools.sender import RaopSender, SenderError, SenderOptions
-from tests.e2e.daemon import DEVICE_ID, Daemon, free_tcp_port, read_wav
+from tests.e2e.daemon import DEVICE_ID, Daemon, free_tcp_port, read_wav, statistics
+from tests.paced import paced_output
 
 ATTACKER = "127.0.0.2"
 ACCEPT_WITHIN = 2.0  # seconds from the end of an attack to a legitimate ANNOUNCE's 200
@@ -68,6 +71,13 @@ async def http_get(port: int, path: str) -> tuple[int, bytes, float]:
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     return int(head.split()[1]), body, elapsed
+
+
+async def metrics(port: int) -> dict[str, float]:
+    """Every unlabelled series of /metrics, by name."""
+    _, body, _ = await http_get(port, "/metrics")
+    found = re.findall(r"^(raopd_[a-z_]+) (\S+)$", body.decode(), re.MULTILINE)
+    return {name: float(value) for name, value in found}
 
 
 async def metric(port: int, name: str) -> float:
@@ -285,6 +295,261 @@ async def test_3_forged_datagrams_from_the_senders_address_are_foreign(start_dae
     await sender.close()
     assert await metric(http, "raopd_foreign_datagrams_total") >= 9
     await finish(daemon, pcm)
+
+
+def accounted(out: np.ndarray, source: np.ndarray) -> tuple[int, int, int]:
+    """`source` against `out` (the same place in the timeline), packet by packet: frames
+    played as sent, frames where silence stands in, and frames that are neither."""
+    played = silent = other = 0
+    for start in range(0, len(source), FRAMES_PER_PACKET):
+        sent = source[start : start + FRAMES_PER_PACKET]
+        got = out[start : start + FRAMES_PER_PACKET]
+        if np.array_equal(got, sent):
+            played += len(sent)
+        elif len(got) == len(sent) and not got.any():
+            silent += len(sent)
+        else:
+            other += len(sent)
+    return played, silent, other
+
+
+async def stream_and_count(
+    daemon: Daemon,
+    http: int,
+    sender: RaopSender,
+    pcm: np.ndarray,
+    before_teardown: tuple[Callable[[], Awaitable[bool]], str] | None = None,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Play `pcm` with `sender`; once the receiver has every packet or has given it up, the
+    next statistics line, then (after `before_teardown`'s condition holds, if given: the
+    condition and what it waits for) TEARDOWN; (/metrics after the session ended, that
+    line)."""
+    await asyncio.wait_for(sender.connect(), ACCEPT_WITHIN)
+    packets = -(-len(pcm) // FRAMES_PER_PACKET)
+
+    seen: dict[str, float] = {}
+    repeated = 0.0
+
+    async def settled() -> bool:
+        nonlocal repeated
+        if time.monotonic() - repeated > 0.5:
+            # At 30x the receiver's socket buffer overflows now and then (kernel drops, see
+            # daemon.udp_drops). Each packet lost that way is asked for again, except at the
+            # end of the stream, of which no receiver can know: the last packet is sent
+            # again (a duplicate if the original arrived) until the receiver is settled.
+            last = sender._backlog[sender._seq(sender.report.packets - 1)]
+            sender._send_audio(bytes(last))
+            repeated = time.monotonic()
+        seen.update(await metrics(http))
+        return seen["raopd_packets_received_total"] + seen["raopd_packets_lost_total"] >= packets
+
+    await sender.play(pcm)
+    try:
+        await poll_until(settled, "every packet received or given up")
+    except AssertionError as exc:
+        counts = {k[6:-6]: v for k, v in seen.items() if k.startswith("raopd_packets_")}
+        raise AssertionError(f"{exc}: {packets} sent, receiver's counters {counts}") from None
+    lines = len(statistics(daemon.log))
+
+    async def next_line() -> bool:
+        return len(statistics(daemon.log)) > lines
+
+    await poll_until(next_line, "a statistics line after that")
+    line = statistics(daemon.log)[-1]
+    if before_teardown is not None:
+        await poll_until(*before_teardown)
+    await sender.teardown()
+    await sender.close()
+    await poll(
+        lambda: http_get(http, "/metrics"),
+        lambda r: re.search(rb"^raopd_sessions_active 0", r[1], re.M) is not None,
+        "the session to end",
+    )
+    return await metrics(http), line
+
+
+async def test_4a_a_sender_far_ahead_of_real_time_loses_nothing_uncounted(
+    start_daemon, clip, monkeypatch
+):
+    """Before: a sender at 30x real time lost 27 % of its audio to jitter-buffer restarts
+    and nothing said so (lost=0). Now every frame sent is in the output or in a counter:
+    sent == played as sent + counted (silence for lost packets, packets dropped as far
+    ahead of real time), exactly; a file output is not paced, so here nothing is dropped."""
+    monkeypatch.setenv("RAOPD_STATISTICS_INTERVAL", "0.5")
+    daemon, http = await start(start_daemon, "--statistics")
+    pcm = clip(0.0, 20.0)
+    # 0.5 % of the packets lost, and no resends (not every sender answers them): each gap
+    # waits for its repair while 30x the usual audio piles up behind it. The old buffer
+    # restarted when 1024 had piled up and threw them all away.
+    sender = RaopSender(
+        "127.0.0.1", daemon.port, options(speed=30.0, drop=0.005, seed=4, resend=False)
+    )
+    counted, line = await stream_and_count(daemon, http, sender, pcm)
+    after = clip(22.0, 2.0)
+    await legitimate(daemon, after)
+    out = await finish(daemon, after)
+    assert len(out) == len(pcm) + len(after), (len(out), len(pcm), len(after))
+    played, silent, other = accounted(out[: len(pcm)], pcm)
+    stand_in = counted["raopd_session_silent_frames_total"]  # for lost packets
+    dropped = counted["raopd_packets_paced_total"] * FRAMES_PER_PACKET  # far ahead
+    assert played + stand_in + dropped == len(pcm), (
+        f"sent {len(pcm)} frames: {played} played as sent, {silent} silent, {other} other; "
+        f"counted: {stand_in:.0f} frames of silence, {dropped:.0f} dropped as far ahead; "
+        f"statistics: {line}"
+    )
+    # And the counted silence is exactly where the audio is missing; a file output takes
+    # audio as fast as it comes, so nothing was dropped as ahead of real time.
+    assert (silent, other, dropped) == (stand_in, 0, 0)
+    assert counted["raopd_session_frames_total"] == played
+    lost = counted["raopd_packets_lost_total"]
+    assert stand_in == lost * FRAMES_PER_PACKET
+    # The statistics line says the same.
+    assert int(line["Lost"]) == lost, line
+    late_stray_paced = sum(
+        counted[f"raopd_packets_{name}_total"] for name in ("late", "stray", "paced")
+    )
+    assert int(line["Dropped"]) == late_stray_paced, line
+
+
+async def test_4a_on_a_device_audio_far_ahead_is_dropped_and_counted(tmp_path, clip):
+    """The same sender at 30x, to a device that plays in real time (the paced sink of
+    tests/paced.py through ALSA): audio due more than 10 s ahead is dropped and counted
+    (packets_paced, "Dropped" in the statistics line) instead of queued without bound or
+    thrown away with the jitter buffer; sent == passed to the output + counted, exactly, and
+    what was kept is heard in one piece."""
+    pcm = clip(0.0, 20.0)
+    pcm = pcm[: len(pcm) // FRAMES_PER_PACKET * FRAMES_PER_PACKET]  # whole packets: the
+    # paced counter counts packets, and the last one would be short
+    with paced_output(tmp_path) as paced:
+        http = free_tcp_port()
+        daemon = Daemon(
+            tmp_path,
+            ["--device", paced.device(0), "--statistics", "--http-port", str(http)],
+            env={**paced.env, "RAOPD_STATISTICS_INTERVAL": "0.5"},
+            to_file=False,
+        )
+        await daemon.start()
+        try:
+            sender = RaopSender(
+                "127.0.0.1", daemon.port, options(speed=30.0, backlog_packets=4096, volume=0.0)
+            )
+
+            seen: dict[str, object] = {}
+
+            async def played_out() -> bool:
+                # TEARDOWN drops what is still queued, in raopd and in the device: wait
+                # until the kept audio has been heard (the check below says how exactly).
+                m = await metrics(http)
+                pieces = [len(piece) for piece in heard_pieces(paced.output(0))]
+                seen.update(
+                    heard=pieces,
+                    passed=m["raopd_session_frames_total"],
+                    skipped=m["raopd_playout_skipped_frames_total"],
+                )
+                if m["raopd_playout_queue_frames"]:
+                    return False
+                return bool(pieces) and pieces[0] >= m["raopd_session_frames_total"] - 441
+
+            try:
+                counted, line = await stream_and_count(
+                    daemon,
+                    http,
+                    sender,
+                    pcm,
+                    (played_out, "the audio passed to the output to be heard in one piece"),
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; frames {seen}") from None
+            after = clip(22.0, 3.0)
+            await legitimate(daemon, after, speed=1.0, linger=3.0, volume=0.0)
+        finally:
+            assert await daemon.stop() == 0, "\n".join(daemon.log[-30:])
+        recording = paced.output(0)
+    kept = counted["raopd_session_frames_total"]
+    stand_in = counted["raopd_session_silent_frames_total"]
+    paced_out = counted["raopd_packets_paced_total"]
+    assert kept + stand_in + paced_out * FRAMES_PER_PACKET == len(pcm), (kept, stand_in, paced_out)
+    # What was kept is about what may be queued ahead (less the sender's latency, plus what
+    # came before the clock was known); the rest was due too far ahead.
+    assert (MAX_AHEAD - 3) * 44100 < kept < (MAX_AHEAD + 3) * 44100, kept
+    assert int(line["Dropped"]) == paced_out, line
+    assert counted["raopd_packets_lost_total"] * FRAMES_PER_PACKET == stand_in
+    # Heard: the start of the stream in one piece, then the next sender. Its length is what
+    # was passed to the output give or take the playout's counted corrections (drift on the
+    # sink's clock inserts or drops single frames, so the samples are compared as a whole,
+    # not bit for bit; the clip has no all-zero frame to blur the piece's ends).
+    pieces = heard_pieces(recording)
+    assert len(pieces) == 2, [len(piece) for piece in pieces]
+    first, second = pieces
+    corrections = (
+        counted["raopd_playout_frames_inserted_total"]
+        - counted["raopd_playout_frames_dropped_total"]
+        - counted["raopd_playout_skipped_frames_total"]
+    )
+    assert len(first) == kept + stand_in + corrections, (len(first), kept, stand_in, corrections)
+    assert np.isin(first[:4410:7, 0], pcm[: int(kept), 0]).all()  # the sender's audio
+    assert np.isin(second[-4410::7, 0], after[:, 0]).all()
+
+
+def heard_pieces(recording: np.ndarray, pause: int = 4410) -> list[np.ndarray]:
+    """The parts of `recording` between silences of at least `pause` frames."""
+    loud = np.flatnonzero(recording.any(axis=1))
+    if not len(loud):
+        return []
+    breaks = np.flatnonzero(np.diff(loud) > pause)
+    starts = [loud[0], *(loud[breaks + 1])]
+    ends = [*(loud[breaks]), loud[-1]]
+    return [recording[a : b + 1] for a, b in zip(starts, ends, strict=True)]
+
+
+JUMP_AT = 600  # packet index where the sender's sequence numbers jump
+JUMP = 2000  # by this much (the jitter buffer holds 1024)
+WITHHELD = JUMP_AT - 40  # never sent: the packets after it wait behind its gap at the jump
+
+
+class JumpingSender(RaopSender):
+    """raopd's sender with a sequence number jump: from packet index JUMP_AT on, seq is JUMP
+    higher (its RTP time runs on, no audio is skipped), sent from the same socket as the rest
+    of the stream (the session's latched address and port). Packet WITHHELD is never sent
+    and not resent, so that 39 packets are buffered behind its gap when the jump comes."""
+
+    def _seq(self, index: int) -> int:
+        return (self.report.first_seq + index + (JUMP if index >= JUMP_AT else 0)) & 0xFFFF
+
+    def _send_audio(self, data: bytes) -> None:
+        if AudioPacket.parse(data).seq != self._seq(WITHHELD):
+            super()._send_audio(data)
+
+
+async def test_4b_a_sequence_jump_discards_nothing_and_is_counted(start_daemon, clip, monkeypatch):
+    """Before: a forward jump of 1024 packets or more restarted the jitter buffer and
+    discarded what it held, uncounted (lost=0). Now the restart is counted, what was
+    buffered is played (the gap before it is given up as silence, counted lost), and the
+    stream goes on bit-exact after the jump."""
+    monkeypatch.setenv("RAOPD_STATISTICS_INTERVAL", "0.5")
+    daemon, http = await start(start_daemon, "--statistics")
+    pcm = clip(0.0, 8.0)
+    sender = JumpingSender("127.0.0.1", daemon.port, options(resend=False))
+    counted, line = await stream_and_count(daemon, http, sender, pcm)
+    after = clip(22.0, 2.0)
+    await legitimate(daemon, after)
+    expected = pcm.copy()
+    gap = slice(WITHHELD * FRAMES_PER_PACKET, (WITHHELD + 1) * FRAMES_PER_PACKET)
+    expected[gap] = 0
+    out = await finish(daemon, after)
+    assert len(out) == len(pcm) + len(after), (len(out), len(pcm), len(after))
+    played, silent, other = accounted(out[: len(pcm)], pcm)
+    assert (played, silent, other) == (len(pcm) - FRAMES_PER_PACKET, FRAMES_PER_PACKET, 0), (
+        f"{played} frames played as sent, {silent} silent, {other} other; statistics: {line}"
+    )
+    assert np.array_equal(out[: len(pcm)], expected)  # bit-exact around and after the jump
+    assert counted.get("raopd_jitter_restarts_total") == 1
+    assert counted["raopd_packets_missing_total"] == 1
+    assert counted["raopd_packets_lost_total"] == 1
+    assert counted["raopd_session_silent_frames_total"] == FRAMES_PER_PACKET
+    assert counted["raopd_session_frames_total"] == len(pcm) - FRAMES_PER_PACKET
+    assert counted["raopd_packets_stray_total"] == 0  # the jump was followed, not dropped
+    assert (line["Lost"], line["Missing"]) == ("1", "1"), line
 
 
 async def test_6_pipelined_challenges_and_a_client_that_never_reads(start_daemon, clip):
@@ -559,6 +824,13 @@ async def daemon_log(daemon: Daemon, pattern: str) -> None:
     while not any(re.search(pattern, line) for line in daemon.log):
         assert time.monotonic() < deadline, f"{pattern!r} not in the log"
         await asyncio.sleep(0.02)
+
+
+async def poll_until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
 
 
 async def poll(

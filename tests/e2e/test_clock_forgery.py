@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from raopd.tools.sender import RaopSender, SenderOptions
-from tests.e2e.daemon import DEVICE_ID, Daemon
+from tests.e2e.daemon import DEVICE_ID, Daemon, statistics
 from tests.paced import paced_output
 
 SECONDS = 8.0
@@ -38,11 +38,6 @@ class ForgingSender(RaopSender):
                     self._clock_offset -= SHIFT
                 return
         super()._datagram_received(channel, data, addr)
-
-
-def statistics(log: list[str]) -> list[dict[str, str]]:
-    lines = [line[line.index("Sync Error ms:") :] for line in log if "Sync Error ms:" in line]
-    return [dict(field.split(": ", 1) for field in line.split(", ")) for line in lines]
 
 
 def test_forged_timing_replies_are_rejected_and_counted(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from raopd.tools.sender import RaopSender, SenderOptions
-from tests.e2e.daemon import DEVICE_ID, Daemon
+from tests.e2e.daemon import DEVICE_ID, Daemon, statistics
 from tests.paced import paced_output
 
 SECONDS = 12.0  # long enough for dozens of batches and statistics lines; CI time is shared
@@ -26,11 +26,6 @@ SECONDS = 12.0  # long enough for dozens of batches and statistics lines; CI tim
 def noise(seconds: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(-20000, 20000, size=(int(seconds * 44100), 2)).astype(np.int16)
-
-
-def statistics(log: list[str]) -> list[dict[str, str]]:
-    lines = [line[line.index("Sync Error ms:") :] for line in log if "Sync Error ms:" in line]
-    return [dict(field.split(": ", 1) for field in line.split(", ")) for line in lines]
 
 
 @pytest.mark.parametrize(("latency_frames", "name"), [(0, "250"), (77175, "2000")])
