@@ -624,6 +624,7 @@ class ClockSync:
         self._forward = _Envelope()
         self._backward = _Envelope()
         self._rtts: deque[float] = deque(maxlen=100)
+        self._jitter: float | None = None  # from _rtts, see jitter()
         self._accepted = 0
         # Requests in flight: replies later than 200 ms are useless, so this covers 200 ms of
         # the fast schedule.
@@ -649,9 +650,15 @@ class ClockSync:
     def jitter(self) -> float | None:
         """Measured network jitter (s): median minus minimum RTT over the last 100 exchanges
         (for independent uniform(0, J) delays each way, that is J)."""
+        return self._jitter
+
+    def _measure_jitter(self) -> None:
+        # Once per kept exchange, not per use: the request pacing and the outlier test both
+        # ask for it, ~100 times a second during the fast start.
         if len(self._rtts) < 8:
-            return None
-        return statistics.median(self._rtts) - min(self._rtts)
+            self._jitter = None
+        else:
+            self._jitter = statistics.median(self._rtts) - min(self._rtts)
 
     def _step(self) -> float:
         jitter = self.jitter()
@@ -713,6 +720,7 @@ class ClockSync:
     def _keep(self, exchange: _Exchange) -> None:
         self._accepted += 1
         self._rtts.append(exchange.rtt_ns / _NS)
+        self._measure_jitter()
         offset_ns = (exchange.forward_ns - exchange.backward_ns) // 2
         if self._base_ns is None:
             self._base_ns = offset_ns

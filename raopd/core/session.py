@@ -884,6 +884,8 @@ class RaopSession:
 
     def _use_latency(self, latency: float) -> None:
         """Share the sender's latency out between batching, repair and the output lead."""
+        if self._budget is not None and self._budget.latency == latency:
+            return  # every clock update says the same latency: nothing to share out again
         settings = self.settings
         budget = latency_budget(
             latency,

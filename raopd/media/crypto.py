@@ -176,8 +176,8 @@ class PacketCipher:
             raise ValueError(f"AES key must be {AES_KEY_BYTES} bytes, got {len(key)}")
         if len(iv) != AES_BLOCK_BYTES:
             raise ValueError(f"AES IV must be {AES_BLOCK_BYTES} bytes, got {len(iv)}")
-        # One Cipher for the session; a fresh context per packet is what resets the IV and
-        # costs a few microseconds (cheaper than ECB plus a manual CBC XOR, measured).
+        # Encryption (the sender's side) takes a fresh CBC context per packet, which is
+        # what restarts the IV; decryption, on every received packet, goes through ECB below.
         self._cipher = Cipher(algorithms.AES(bytes(key)), modes.CBC(bytes(iv)))
         # ECB over whole blocks keeps no state from one update() to the next: one context
         # serves every packet of the session.
