@@ -83,7 +83,7 @@ class PlayoutSettings:
     """Seconds from the DAC's FIFO output to the air (converter, amplifier, HDMI...)."""
     tolerance: float = 0.0001
     """Tolerance band (s): nothing is corrected while the filtered error stays inside. The
-    band in use is this or three times the measured reading noise, whichever is larger."""
+    band in use is this or BAND_NOISE times the measured reading noise, whichever is larger."""
     max_correction_ppm: float = 500.0
     """Cap on the drift rate: 500 ppm (snapcast's cap) covers crystal errors of +-200 ppm on
     both ends and is one frame in 2000: inaudible with spread single-frame edits."""
