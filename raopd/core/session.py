@@ -893,8 +893,6 @@ class RaopSession:
             buffer_frames=settings.output_buffer_frames,
             period_frames=settings.output_period_frames,
         )
-        if budget == self._budget:
-            return
         if self._budget is None or abs(budget.latency - self._budget.latency) > 0.01:
             self.log.info(
                 "latency %.0f ms: batches of %.0f ms, repair window %.0f ms",
