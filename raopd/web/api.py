@@ -213,11 +213,7 @@ class Api:
         remote = self.remote()
         if remote is None:
             raise ApiError(409, "no_remote_control", "remote control is not available")
-        refusal = await remote(command)
-        if refusal is not None:
-            self.counters.refused += 1
-            raise ApiError(409, "not_controllable", refusal)
-        self.counters.control += 1
+        self._count_control(await remote(command))
         return web.json_response({"ok": True, "command": name})
 
     async def put_volume(self, request: web.Request) -> web.StreamResponse:
@@ -230,12 +226,15 @@ class Api:
         set_volume = self.set_volume()
         if set_volume is None:
             raise ApiError(409, "no_remote_control", "remote control is not available")
-        refusal = await set_volume(percent)
+        self._count_control(await set_volume(percent))
+        return web.json_response({"ok": True, "percent": percent})
+
+    def _count_control(self, refusal: str | None) -> None:
+        """Count a control request's outcome; a refusal (the sender said no) answers 409."""
         if refusal is not None:
             self.counters.refused += 1
             raise ApiError(409, "not_controllable", refusal)
         self.counters.control += 1
-        return web.json_response({"ok": True, "percent": percent})
 
 
 def _volume_percent(body: object) -> float:
