@@ -46,6 +46,7 @@ from tests.paced import RATE, PacedOutput, paced_output
 REPO = Path(__file__).resolve().parents[1]
 LATENCY_S = 88200 / RATE  # the sender's 77175 + the fixed 11025 frames
 DEADLINE = 30.0
+MAX_READ_GAP = 0.1
 
 SENDER = r"""
 import asyncio, json, sys
@@ -318,7 +319,7 @@ def walk(src: np.ndarray, recorded: np.ndarray) -> Walk:
 
 
 STAT = re.compile(
-    r"Sync Error ms: ([+-][\d.]+).*?Resyncs: (\d+), Corrections: \+(\d+)/-(\d+), "
+    r"Sync Error ms: ([+-][\d.]+).*?Resyncs: (\d+), .*?Corrections: \+(\d+)/-(\d+), "
     r"DAC Drift PPM: ([+-][\d.]+)"
 )
 
@@ -350,9 +351,26 @@ class Run:
     scenario: str
     receivers: list[dict[str, object]] = field(default_factory=list)
     offset_ms: dict[str, float | int] = field(default_factory=dict)
+    disturbances: dict[str, float | int] = field(default_factory=dict)
+    """What the machine did to the recording itself (`PacedOutput.disturbances`)."""
 
     def as_dict(self) -> dict[str, object]:
-        return {"scenario": self.scenario, "receivers": self.receivers, "offset_ms": self.offset_ms}
+        return {
+            "scenario": self.scenario,
+            "receivers": self.receivers,
+            "offset_ms": self.offset_ms,
+            "disturbances": self.disturbances,
+        }
+
+    @property
+    def disturbed(self) -> bool:
+        """The machine held up the recording itself (nothing ran for over 0.1 s: the reads of
+        a quiet run are at most 25 ms apart) or the sink lost time: its clock is then not a
+        DAC's, and no receiver can be judged on it."""
+        return (
+            float(self.disturbances.get("longest_read_gap_s", 0.0)) > MAX_READ_GAP
+            or int(self.disturbances.get("sink_steps", 0)) > 0
+        )
 
 
 def scenario(
@@ -391,13 +409,14 @@ def scenario(
         while time.monotonic() < until:
             time.sleep(0.1)
         chunk = _chunk_frames(paced)
-        origin, per_frame = paced.frame_times()
+        disturbances = paced.disturbances()
+        np.save(directory / "recorder_stamps.npy", np.array(paced._stamps, dtype=float))
         outputs = [paced.output(index) for index in range(2)]
         logs = []
         for receiver in receivers:
             receiver.stop()
             logs.append(receiver.log)
-    run = Run(name)
+    run = Run(name, disturbances=disturbances)
     meant = start + np.arange(len(src)) / RATE + LATENCY_S
     heard_at = []
     for receiver, recorded, log in zip(receivers, outputs, logs, strict=True):
@@ -406,10 +425,11 @@ def scenario(
         walked = walk(src, recorded)
         found = walked.position >= 0
         heard = np.full(len(src), np.nan)
-        heard[found] = origin + walked.position[found] * per_frame + chunk / RATE
+        heard[found] = paced.render_times(walked.position[found]) + chunk / RATE
         heard_at.append(heard)
         settled = found & (meant >= meant[0] + 2.0)
         np.save(directory / f"error{receiver.output}.npy", (heard - meant)[:: RATE // 10])
+        per_second = (heard - meant)[: len(src) // RATE * RATE].reshape(-1, RATE)
         figures: dict[str, object] = {
             "kind": receiver.kind,
             "true_error_ms": _percentiles((heard[settled] - meant[settled]) * 1e3),
@@ -420,6 +440,10 @@ def scenario(
             else None,
             "bit_exact_fraction": round(walked.exact_fraction, 5),
             "source_frames_found": round(float(found.mean()), 5),
+            "true_error_per_second_ms": [
+                None if np.isnan(second).all() else round(float(np.nanmedian(second)) * 1e3, 2)
+                for second in per_second
+            ],
         }
         if receiver.kind == "raopd":
             rows = raopd_statistics(log)

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,6 +103,47 @@ class PacedOutput:
         origin = float(np.min(times - slope * ends))
         return origin, float(slope)
 
+    def render_times(self, frames: np.ndarray, window: float = 1.0) -> np.ndarray:
+        """When each recorded frame in `frames` (indices) was rendered, on the monotonic clock.
+
+        Unlike `frame_times()`, this follows a sink whose clock steps: a PulseAudio that is not
+        scheduled for a while (a loaded or paused machine) renders less than the time that
+        passed, and one line through the whole recording is then wrong by that step for every
+        frame after it. A read that ends at frame e, stamped t, bounds every frame f <= e:
+        rendered by t - (e - f) * period. Frame f takes the tightest bound among the reads
+        that end within `window` s after it, so a step moves only the frames after it.
+        """
+        times, ends = self._stamp_arrays()
+        period = _period(times, ends)
+        bounds = times - ends * period  # each read's bound on the time of frame 0
+        tightest = _forward_minimum(ends, bounds, window / period)
+        first = np.clip(np.searchsorted(ends, frames, side="right"), 0, len(ends) - 1)
+        return frames * period + tightest[first]
+
+    def disturbances(self, window: float = 1.0, step: float = 0.001) -> dict[str, float | int]:
+        """How far the machine disturbed the recording itself: the longest time between two
+        reads (a paused machine: nothing ran, the receivers' output thread included) and the
+        steps of the sink's clock (s) larger than `step`, counted and summed."""
+        times, ends = self._stamp_arrays()
+        period = _period(times, ends)
+        tightest = _forward_minimum(ends, times - ends * period, window / period)
+        # The last window's reads have too few after them for a tight bound: not a step.
+        settled = ends[1:] <= ends[-1] - window / period
+        jumps = np.abs(np.diff(tightest))[settled]
+        steps = jumps[jumps > step]
+        return {
+            "longest_read_gap_s": float(np.diff(times).max()),
+            "sink_steps": len(steps),
+            "sink_steps_s": float(steps.sum()),
+        }
+
+    def _stamp_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            stamps = np.array(self._stamps, dtype=float)
+        if len(stamps) < 2:
+            raise ValueError("not enough of the recording yet")
+        return stamps[:, 0], stamps[:, 1] / (SAMPLE_BYTES * self.channels)
+
     def _read(self, fifo: Path) -> None:
         with fifo.open("rb", buffering=0) as pipe:
             while chunk := pipe.read(65536):
@@ -109,6 +151,37 @@ class PacedOutput:
                 with self._lock:
                     self._data += chunk
                     self._stamps.append((now, len(self._data)))
+
+
+def _period(times: np.ndarray, ends: np.ndarray) -> float:
+    """Seconds per rendered frame, robust to steps of the sink's clock: the earliest read of
+    each second is the tightest point of the line, and the median slope between neighbouring
+    seconds' points ignores the few pairs a step falls between."""
+    second = np.floor(times - times[0]).astype(np.int64)
+    points = []
+    for s in np.unique(second):
+        inside = np.flatnonzero(second == s)
+        best = inside[np.argmin(times[inside] - ends[inside] / RATE)]
+        points.append((ends[best], times[best]))
+    if len(points) < 3:
+        return float(np.polyfit(ends, times, 1)[0])
+    e, t = np.array(points).T
+    return float(np.median(np.diff(t) / np.diff(e)))
+
+
+def _forward_minimum(ends: np.ndarray, values: np.ndarray, span: float) -> np.ndarray:
+    """For each read j, the minimum of `values` over the reads whose end is within `span`
+    frames after read j's end (read j included)."""
+    out = np.empty_like(values)
+    window: deque[int] = deque()  # newest (smallest index) left; values increase to the left
+    for j in range(len(values) - 1, -1, -1):
+        while window and values[window[0]] >= values[j]:
+            window.popleft()
+        window.appendleft(j)
+        while ends[window[-1]] > ends[j] + span:
+            window.pop()
+        out[j] = values[window[-1]]
+    return out
 
 
 def _pulse_script(socket: Path, fifo: Path, outputs: int) -> str:

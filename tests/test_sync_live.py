@@ -7,47 +7,74 @@ libasound2-plugins; the shairport-sync scenario also shairport-sync, avahi-daemo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tests.live_sync import scenario
+import pytest
+
+from tests.live_sync import Run, scenario
 
 SECONDS = 20.0
+ATTEMPTS = 3
 
 
-def raopd_ok(figures: dict) -> None:
+def measured(directory: Path, kinds: tuple[str, str], burst: float = 0.0) -> Run:
+    """One undisturbed run of the scenario.
+
+    A machine that stops everything for a moment (a shared CI host) stops the paced sink too,
+    and the sink loses time: a DAC does not, so such a run says nothing about the receivers
+    (a 150 ms pause every 3 s gave 10-25 ms errors against the sink's clock in both of them).
+    The recording shows it (`PacedOutput.disturbances`); such a run is repeated, at most
+    ATTEMPTS times, and the test fails if the machine never let one through.
+    """
+    runs = []
+    for attempt in range(ATTEMPTS):
+        run = scenario(directory / f"attempt{attempt}", kinds, seconds=SECONDS, burst=burst)
+        if not run.disturbed:
+            return run
+        runs.append(run.disturbances)
+    pytest.fail(f"the machine disturbed the recording in all {ATTEMPTS} attempts: {runs}")
+
+
+def report(run: Run) -> str:
+    """Everything a failed run measured, for the test's message."""
+    return json.dumps(run.as_dict(), default=float)
+
+
+def raopd_ok(figures: dict, why: str) -> None:
     """What every raopd must show with a good sender: no resync, its own error small, bit-exact
     but for the corrections the (fast) paced sink needs.
 
     The acceptance figures (own error p99 <= 2 ms, >= 99.9 % bit-exact) are met on a quiet
     machine (benchmarks/sync_live.py); a CI box shared by other jobs delays the output thread
-    and PulseAudio by tens of ms at times, which shows as real errors for a second or two. So
-    CI holds the median and the 90th percentile to the target and the rest a little looser.
+    and PulseAudio by a few ms at times (longer pauses are caught by `measured`), which shows
+    as real errors for a moment. So CI holds the median to the target and the p99 looser.
     """
-    assert figures["resyncs"] == 0
-    assert figures["own_sync_error_ms"]["median"] <= 0.5
-    assert figures["own_sync_error_ms"]["p99"] <= 5.0
-    assert figures["bit_exact_fraction"] >= 0.995
-    assert figures["source_frames_found"] >= 0.99
+    assert figures["resyncs"] == 0, why
+    assert figures["own_sync_error_ms"]["median"] <= 0.5, why
+    assert figures["own_sync_error_ms"]["p99"] <= 5.0, why
+    assert figures["bit_exact_fraction"] >= 0.995, why
+    assert figures["source_frames_found"] >= 0.99, why
 
 
 def test_two_raopd_on_a_good_sender_agree(tmp_path: Path) -> None:
-    run = scenario(tmp_path, ("raopd", "raopd"), seconds=SECONDS)
+    run = measured(tmp_path, ("raopd", "raopd"))
     for figures in run.receivers:
-        raopd_ok(figures)
+        raopd_ok(figures, report(run))
         # Against the sender's own timeline, through snd_pcm_delay.
-        assert figures["true_error_ms"]["median"] <= 1.5
-    assert abs(run.offset_ms["median"]) <= 1.0
+        assert figures["true_error_ms"]["median"] <= 1.5, report(run)
+    assert abs(run.offset_ms["median"]) <= 1.0, report(run)
 
 
 def test_two_raopd_on_a_late_stamping_sender_never_resync(tmp_path: Path) -> None:
     """node-airtunes2's pacing: syncs stamped when their 100 ms burst goes out. The anchor
     follows the earliest stamps and slews to them: no resync, and both receivers, which see
     the same stamps, agree."""
-    run = scenario(tmp_path, ("raopd", "raopd"), seconds=SECONDS, burst=0.1)
+    run = measured(tmp_path, ("raopd", "raopd"), burst=0.1)
     for figures in run.receivers:
-        assert figures["resyncs"] == 0
-        assert figures["source_frames_found"] >= 0.98
-    assert abs(run.offset_ms["median"]) <= 1.0
+        assert figures["resyncs"] == 0, report(run)
+        assert figures["source_frames_found"] >= 0.98, report(run)
+    assert abs(run.offset_ms["median"]) <= 1.0, report(run)
 
 
 def test_raopd_and_shairport_sync_agree(tmp_path: Path) -> None:
@@ -55,7 +82,7 @@ def test_raopd_and_shairport_sync_agree(tmp_path: Path) -> None:
     left is shairport-sync's 2 ms tolerance band: on this sink, which runs ~150 ppm fast, it
     lets its error run to the band's edge before correcting, while raopd corrects its drift
     out (docs/alsa-delay.md)."""
-    run = scenario(tmp_path, ("raopd", "shairport-sync"), seconds=SECONDS)
-    raopd_ok(run.receivers[0])
-    assert run.receivers[1]["source_frames_found"] >= 0.99
-    assert abs(run.offset_ms["median"]) <= 3.0
+    run = measured(tmp_path, ("raopd", "shairport-sync"))
+    raopd_ok(run.receivers[0], report(run))
+    assert run.receivers[1]["source_frames_found"] >= 0.99, report(run)
+    assert abs(run.offset_ms["median"]) <= 3.0, report(run)
