@@ -615,7 +615,8 @@ class DaemonCollector(Collector):
             ("playout_frames_dropped", stats.frames_dropped, "Frames dropped (drift)"),
             ("playout_silence_frames", stats.silence_frames, "Frames of silence written"),
             ("playout_skipped_frames", stats.skipped_frames, "Late or flushed frames skipped"),
-            ("playout_resyncs", stats.resyncs, "Playout realignments"),
+            ("playout_resyncs", stats.resyncs, "Jumps because the sync error passed the threshold"),
+            ("playout_realignments", stats.realignments, "Realignments after the DAC ran dry"),
             ("playout_underflows", stats.underflows, "Pulls where due audio was not there"),
         ):
             yield _counter(f"raopd_{name}", doc, value)

@@ -50,6 +50,10 @@ Modes, per pull (timed mode):
     average rate is exact.
 * **Underflow**: the next frame is due but not here: silence, count it, and go back to starting
   so the late audio is realigned to its own time instead of shifting the whole timeline.
+* **Underrun** (the DAC ran dry: the output thread or the audio server was not scheduled in
+  time): the output thread calls `output_ran_dry()` and the next pull realigns like a start.
+  On the paced PulseAudio sink a 150 ms pause of the machine left the audio 11-25 ms late,
+  which slewing took 2-5 s to work off (tests/live_sync.py measures it).
 
 Untimed mode (`timed=False`, file/stdout output): frames pass through in RTP order, bit-exact; no
 silence except the loss blocks the jitter buffer pushes; `pull` returns *up to* `frames` frames
@@ -125,6 +129,9 @@ class PlayoutStats:
     skipped_frames: int = 0
     """Late frames skipped by (re)alignment, plus frames flushed."""
     resyncs: int = 0
+    realignments: int = 0
+    """Realignments after the DAC ran dry (`output_ran_dry`): not resyncs, the gap was the
+    DAC's; each is also one of the sink's underruns."""
     underflows: int = 0
     """Pulls where audio was due but none was queued."""
     queue_frames: int = 0
@@ -269,6 +276,14 @@ class Playout:
                     self._explained -= move
             self._estimate = estimate
             self.stats.source_drift_ppm = estimate.drift_ppm if estimate.drift else None
+
+    def output_ran_dry(self) -> None:
+        """The DAC underran: the listener heard a gap and the audio written since comes out
+        that much later. Realign at the next pull (pad or skip to the frame, as at a start)
+        instead of slewing the step off over seconds: the glitch has already been heard."""
+        if self._state == _PLAYING:
+            self._state = _STARTING
+            self.stats.realignments += 1
 
     def set_volume(self, gain: float) -> None:
         """Linear gain applied at pull (1.0 = bit-exact, 0.0 = digital silence)."""

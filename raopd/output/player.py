@@ -316,7 +316,10 @@ class OutputThread:
                 self._apply(command)
                 continue
             block = self.playout.pull(now, delay, self._write_frames)
+            underruns = sink.underruns
             sink.write(block)  # blocks until the device has room: this paces the loop
+            if sink.underruns != underruns:
+                self.playout.output_ran_dry()
             self._account(len(block), delay)
 
     @property

@@ -54,6 +54,10 @@ class AudioSink(Protocol):
     def delay_frames(self) -> int:
         """Frames written but not yet played (0 for files)."""
 
+    @property
+    def underruns(self) -> int:
+        """Times the output ran dry while playing (0 for files: they never do)."""
+
     def measure(self) -> tuple[float, int]:
         """(now, delay_frames) read at one instant, on the monotonic clock."""
 
@@ -79,6 +83,7 @@ class FileSink:
     """
 
     clocked = False
+    underruns = 0  # a file never runs dry
     retry_interval = 1.0  # seconds between write attempts while faulted
 
     def __init__(self, path: str) -> None:

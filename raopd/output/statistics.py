@@ -6,7 +6,7 @@ counters (any may be missing) and returns one line, e.g.
     Sync Error ms: +0.04, Net Sync PPM: +12.0, All Sync PPM: +9.8, Source Drift PPM: +21.3,
     Packets: 1200, Missing: 2, Late: 0, Resend Reqs: 2, Resent: 2, Lost: 0, Undecodable: 0,
     Dropped: 0, Flushed: 0, Refused: 0, Min DAC Queue: 2914, Underruns: 0, Underflows: 0,
-    Resyncs: 0, Gain dB: 0.0, Bit-exact: yes
+    Resyncs: 0, Realigned: 0, Gain dB: 0.0, Bit-exact: yes
 
 Meanings: Sync Error = median lateness of the frame being written (+ = late); Net Sync PPM =
 the correction being applied now (+ = dropping frames); All Sync PPM = net frames dropped
@@ -17,8 +17,11 @@ length; Dropped = packets discarded otherwise (late, stray, far ahead of real ti
 packets a sender's FLUSH (or the stream's end) discarded; Refused = datagrams not from the
 sender or not parseable; Min DAC Queue = the smallest ALSA
 queue (frames) since the previous line; Underruns = DAC xruns and device losses; Underflows =
-times audio was due but had not arrived; Bit-exact = every block since the previous line
-carried the sender's samples untouched and no packet was replaced or dropped in that time;
+times audio was due but had not arrived; Resyncs = jumps because the error passed the resync
+threshold; Realigned = realignments after an underrun (the gap was heard already, so the next
+frame is put back on its time at once instead of being slewed to); Bit-exact = every block
+since the previous line carried the sender's samples untouched and no packet was replaced or
+dropped in that time;
 Corrections = frames inserted/dropped this stream; DAC Drift PPM = the DAC's clock against the
 sender's timeline as the corrections imply (+ = the DAC is slow); Band ms = the tolerance band in
 use (the setting, or wider for a noisy delay reading); Late Syncs = sync packets stamped later
@@ -98,6 +101,7 @@ def format_statistics(
         assert playout is not None
         fields.append(("Underflows", str(playout.underflows)))
         fields.append(("Resyncs", str(playout.resyncs)))
+        fields.append(("Realigned", str(playout.realignments)))
         fields.append(("Corrections", f"+{playout.frames_inserted}/-{playout.frames_dropped}"))
         fields.append(("DAC Drift PPM", _signed(playout.drift_ppm, 1)))
         fields.append(("Band ms", f"{playout.band_ms:.2f}"))

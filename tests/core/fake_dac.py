@@ -128,6 +128,7 @@ class FakeDac:
         self.drain = rate * (1.0 + ppm * 1e-6)
         self.empty_at = 0.0  # local time the last queued frame leaves
         self.xruns = 0
+        self.dry = 0.0  # seconds the DAC had nothing to play, between xruns and the next write
 
     def delay(self, now: float) -> int:
         """Queued frames, as ALSA reports them (an integer)."""
@@ -138,6 +139,7 @@ class FakeDac:
         if self.empty_at < now:
             if self.empty_at > 0.0:
                 self.xruns += 1
+                self.dry += now - self.empty_at
             self.empty_at = now
         leave = self.empty_at + np.arange(len(pcm)) / self.drain
         self.empty_at += len(pcm) / self.drain
@@ -181,6 +183,11 @@ class Scenario:
     """Seconds by which each DAC delay reading is off, uniform +-: a noisy device reading."""
     sync_burst: float | None = None
     """Seconds between the sender's bursts: its sync stamps are that late at most."""
+    stall_at: float | None = None
+    stall: float = 0.100
+    """The output thread is not scheduled from `stall_at` for `stall` s (a loaded or paused
+    machine): the DAC runs dry once its queue is out, and the player is told, as ALSA's EPIPE
+    tells it."""
     settings: PlayoutSettings = field(default_factory=PlayoutSettings)
     lock_in: float = 5.0
     # Audio produced before this local time reaches the playout only then, all at once: the
@@ -304,7 +311,10 @@ def simulate(s: Scenario) -> Result:
                 noise = float(reading.uniform(-s.delay_noise, s.delay_noise))
                 delay = max(0, delay + round(noise * RATE))
             pcm = playout.pull(now, delay, s.period)
+            xruns = dac.xruns
             leave = dac.write(now, pcm)
+            if dac.xruns != xruns:
+                playout.output_ran_dry()
             index = decode(pcm)
             audio = index >= 0
             # A frame a correction made (the mean of two neighbours) carries no index of its own
@@ -337,7 +347,10 @@ def simulate(s: Scenario) -> Result:
             # Sleep until the queue falls to the target, then wake a little late.
             queued = dac.delay(now)
             sleep = max(0.0, (queued - s.target) / dac.drain)
-            at(now + sleep + float(wake.uniform(0.0, 0.001)), "pull")
+            wake_at = now + sleep + float(wake.uniform(0.0, 0.001))
+            if s.stall_at is not None and s.stall_at <= wake_at < s.stall_at + s.stall:
+                wake_at = s.stall_at + s.stall
+            at(wake_at, "pull")
     return Result(
         errors=np.array(errors),
         max_abs=max_abs,

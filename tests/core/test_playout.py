@@ -136,6 +136,28 @@ def test_a_start_error_is_worked_off_in_about_two_seconds(step):
     assert np.abs(own[own[:, 0] > 5.0 + 4.0, 1]).max() < 0.25e-3
 
 
+@pytest.mark.parametrize("stall", [0.100, 0.120, 0.140])
+def test_after_an_underrun_the_next_frame_is_back_on_time(stall):
+    """The output thread is not scheduled for 100-140 ms (a loaded machine): the DAC's queue
+    (70-93 ms) runs out and the audio after the gap comes out that much late. It is realigned
+    at once (one underrun, one realignment, no resync) instead of being slewed off over
+    seconds: on time to the frame 0.1 s after the gap."""
+    result = simulate(Scenario(jitter=0.001, seconds=12, stall_at=5.0, stall=stall, seed=3))
+    stats = result.playout.stats
+    assert result.dac.xruns == 1
+    assert stats.realignments == 1
+    assert stats.resyncs == 0
+    own = result.own_errors
+    after = own[own[:, 0] > 5.0 + stall + 0.1, 1]
+    assert len(after) > 100
+    assert np.abs(after).max() < 0.25e-3
+    # The realignment skipped the late audio: as much as the DAC was dry, less the few frames
+    # the pull before it (which saw the lateness first) dropped.
+    assert 0.01 < result.dac.dry < stall
+    skipped_and_dropped = stats.skipped_frames + stats.frames_dropped - stats.frames_inserted
+    assert skipped_and_dropped == pytest.approx(result.dac.dry * RATE, abs=2)
+
+
 def test_flush_in_timed_stream_drops_exactly_the_range():
     result = simulate(Scenario(jitter=0.0, seconds=12, flush_at=6.0))
     played = result.played

@@ -152,6 +152,7 @@ def test_statistics_line_uses_shairport_sync_names() -> None:
         "Underruns: 4",
         "Underflows: 1",
         "Resyncs: 2",
+        "Realigned: 0",
         "Gain dB: 0.0",
         "Bit-exact: yes",
     ):
