@@ -5,7 +5,11 @@ Scenarios (tests/live_sync.py does the work): raopd + raopd and raopd + shairpor
 100 ms bursts and stamps at burst time (node-airtunes2's way), `--seconds` of noise each.
 Prints one JSON line per run: per receiver the true sync error (heard - meant) median/p99/max
 after 2 s, bit-exact fraction, and for raopd its own statistics (sync error median/p99/max,
-resyncs, corrections, DAC drift); per pair the offset between the receivers (median, p99).
+resyncs, corrections, DAC drift); per pair the offset between the receivers (median, p99);
+per run what the machine did to the recording (`disturbances`: the longest gap between the
+recorder's reads, steps of the sink's clock). A run with a read gap over 0.1 s or any step
+was taken while the machine paused, and its figures are the rig's, not the receivers'
+(docs/sync.md, section 4).
 
     sudo python benchmarks/sync_live.py [--seconds 60] [--pairs raopd+raopd raopd+shairport-sync]
                                         [--bursts 0 0.1] [--seeds 1] [--sps-tolerance S]
