@@ -106,30 +106,20 @@ class PacedOutput:
     def render_times(self, frames: np.ndarray, window: float = 1.0) -> np.ndarray:
         """When each recorded frame in `frames` (indices) was rendered, on the monotonic clock.
 
-        Unlike `frame_times()`, this follows a sink whose clock steps: a PulseAudio that is not
-        scheduled for a while (a loaded or paused machine) renders less than the time that
-        passed, and one line through the whole recording is then wrong by that step for every
-        frame after it. A read that ends at frame e, stamped t, bounds every frame f <= e:
-        rendered by t - (e - f) * period. Frame f takes the tightest bound among the reads
-        that end within `window` s after it, so a step moves only the frames after it.
+        Unlike `frame_times()`, this follows a sink whose clock steps (`sink_clock`).
         """
         times, ends = self._stamp_arrays()
-        period = _period(times, ends)
-        bounds = times - ends * period  # each read's bound on the time of frame 0
-        tightest = _forward_minimum(ends, bounds, window / period)
-        first = np.clip(np.searchsorted(ends, frames, side="right"), 0, len(ends) - 1)
-        return frames * period + tightest[first]
+        return sink_clock(times, ends, window).times(frames)
 
     def disturbances(self, window: float = 1.0, step: float = 0.001) -> dict[str, float | int]:
         """How far the machine disturbed the recording itself: the longest time between two
         reads (a paused machine: nothing ran, the receivers' output thread included) and the
         steps of the sink's clock (s) larger than `step`, counted and summed."""
         times, ends = self._stamp_arrays()
-        period = _period(times, ends)
-        tightest = _forward_minimum(ends, times - ends * period, window / period)
+        clock = sink_clock(times, ends, window)
         # The last window's reads have too few after them for a tight bound: not a step.
-        settled = ends[1:] <= ends[-1] - window / period
-        jumps = np.abs(np.diff(tightest))[settled]
+        settled = ends[1:] <= ends[-1] - window / clock.period
+        jumps = np.abs(np.diff(clock.tightest))[settled]
         steps = jumps[jumps > step]
         return {
             "longest_read_gap_s": float(np.diff(times).max()),
@@ -151,6 +141,39 @@ class PacedOutput:
                 with self._lock:
                     self._data += chunk
                     self._stamps.append((now, len(self._data)))
+
+
+@dataclass(frozen=True)
+class SinkClock:
+    """The sink's frame-to-time relation as the recorder's reads bound it."""
+
+    ends: np.ndarray
+    """Frames recorded by each read."""
+    period: float
+    """Seconds per frame."""
+    tightest: np.ndarray
+    """Per read: the tightest bound on the time of frame 0 from the reads within the window
+    after it (steps where the sink lost time)."""
+
+    def times(self, frames: np.ndarray) -> np.ndarray:
+        """When each frame index was rendered."""
+        first = np.clip(np.searchsorted(self.ends, frames, side="right"), 0, len(self.ends) - 1)
+        return frames * self.period + self.tightest[first]
+
+
+def sink_clock(times: np.ndarray, ends: np.ndarray, window: float = 1.0) -> SinkClock:
+    """From reads stamped `times` that had recorded `ends` frames, when each frame was rendered.
+
+    A PulseAudio that is not scheduled for a while (a loaded or paused machine) renders less
+    than the time that passed, and one line through the whole recording is then wrong by that
+    step for every frame after it. A read that ends at frame e, stamped t, bounds every frame
+    f <= e: rendered by t - (e - f) * period. Frame f takes the tightest bound among the reads
+    that end within `window` s after it, so a step moves only the frames after it (and those
+    of the one read that spans it: where in the read it fell is unknowable).
+    """
+    period = _period(times, ends)
+    bounds = times - ends * period  # each read's bound on the time of frame 0
+    return SinkClock(ends, period, _forward_minimum(ends, bounds, window / period))
 
 
 def _period(times: np.ndarray, ends: np.ndarray) -> float:

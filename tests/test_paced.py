@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from tests.paced import RATE, paced_output
+from tests.paced import RATE, paced_output, sink_clock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,3 +91,25 @@ def test_two_outputs_are_recorded_bit_exact_on_their_own_channels(tmp_path: Path
     # Paced: the frames were recorded over (at least half) their own duration, not at once.
     assert abs(per_frame * RATE - 1.0) < 0.5
     assert origin > 0
+
+
+def test_sink_clock_follows_a_step_of_the_sink() -> None:
+    """Synthetic reads of a sink 40 ppm fast that loses 8 ms at 10 s, each read 0-5 ms after
+    its last frame was rendered (the rig's quiet reads: up to 4 ms): frame times within 0.3 ms
+    at p99 and 1 ms at worst, before and after the step, but for the frames of the read that
+    spans it (one line through all of it is off by ~4 ms on both sides)."""
+    rng = np.random.default_rng(7)
+    per_frame = 1 / (RATE * (1 + 40e-6))
+    ends = np.cumsum(rng.integers(300, 700, size=2000)).astype(float)
+    rendered = 100.0 + ends * per_frame + np.where(ends * per_frame > 10.0, 0.008, 0.0)
+    times = rendered + rng.uniform(0.0, 0.005, size=len(ends))
+    frames = np.arange(0, int(ends[-1] * 0.9), 100)
+    frames = frames[np.abs(frames * per_frame - 10.0) > 0.02]
+    truth = 100.0 + frames * per_frame + np.where(frames * per_frame > 10.0, 0.008, 0.0)
+    clock = sink_clock(times, ends)
+    assert clock.period == pytest.approx(per_frame, rel=2e-6)
+    error = np.abs(clock.times(frames) - truth)
+    assert np.percentile(error, 99) < 3e-4
+    assert error.max() < 1e-3
+    slope, origin = np.polyfit(ends, times, 1)
+    assert np.abs(origin + frames * slope - truth).max() > 3e-3
