@@ -36,17 +36,16 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tests.paced import RATE, PacedOutput, paced_output
+from tests.paced import RATE, Disturbances, PacedOutput, paced_output
 
 REPO = Path(__file__).resolve().parents[1]
 LATENCY_S = 88200 / RATE  # the sender's 77175 + the fixed 11025 frames
 DEADLINE = 30.0
-MAX_READ_GAP = 0.1
 
 SENDER = r"""
 import asyncio, json, sys
@@ -351,7 +350,7 @@ class Run:
     scenario: str
     receivers: list[dict[str, object]] = field(default_factory=list)
     offset_ms: dict[str, float | int] = field(default_factory=dict)
-    disturbances: dict[str, float | int] = field(default_factory=dict)
+    disturbances: Disturbances | None = None
     """What the machine did to the recording itself (`PacedOutput.disturbances`)."""
 
     def as_dict(self) -> dict[str, object]:
@@ -359,18 +358,13 @@ class Run:
             "scenario": self.scenario,
             "receivers": self.receivers,
             "offset_ms": self.offset_ms,
-            "disturbances": self.disturbances,
+            "disturbances": asdict(self.disturbances) if self.disturbances else None,
         }
 
     @property
     def disturbed(self) -> bool:
-        """The machine held up the recording itself (nothing ran for over 0.1 s: the reads of
-        a quiet run are at most 25 ms apart) or the sink lost time: its clock is then not a
-        DAC's, and no receiver can be judged on it."""
-        return (
-            float(self.disturbances.get("longest_read_gap_s", 0.0)) > MAX_READ_GAP
-            or int(self.disturbances.get("sink_steps", 0)) > 0
-        )
+        """The machine paused under the recording: the receivers cannot be judged on it."""
+        return self.disturbances is not None and self.disturbances.machine_paused
 
 
 def scenario(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.paced import RATE, paced_output, sink_clock
+from tests.paced import RATE, most_stolen, paced_output, per_cpu_steal, sink_clock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,3 +113,16 @@ def test_sink_clock_follows_a_step_of_the_sink() -> None:
     assert error.max() < 1e-3
     slope, origin = np.polyfit(ends, times, 1)
     assert np.abs(origin + frames * slope - truth).max() > 3e-3
+
+
+def test_steal_is_read_per_cpu() -> None:
+    """The steal column of each CPU of this machine's /proc/stat, and the most any one CPU
+    gained between two samples (the total line is not a CPU)."""
+    stat = Path("/proc/stat").read_text()
+    steal = per_cpu_steal(stat)
+    assert set(steal) == {f"cpu{n}" for n in range(len(steal))} and steal
+    assert len(steal) == os.cpu_count()
+    sample = "cpu  9 9 9 9 9 9 9 50 0 0\ncpu0 1 2 3 4 5 6 7 20 0 0\ncpu1 1 2 3 4 5 6 7 30 0 0\n"
+    later = sample.replace(" 20 0 0", " 26 0 0").replace(" 30 0 0", " 31 0 0")
+    assert per_cpu_steal(sample) == {"cpu0": 20, "cpu1": 30}
+    assert most_stolen(per_cpu_steal(sample), per_cpu_steal(later)) == 6

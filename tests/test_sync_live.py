@@ -19,21 +19,16 @@ ATTEMPTS = 3
 
 
 def measured(directory: Path, kinds: tuple[str, str], burst: float = 0.0) -> Run:
-    """One undisturbed run of the scenario.
-
-    A machine that stops everything for a moment (a shared CI host) stops the paced sink too,
-    and the sink loses time: a DAC does not, so such a run says nothing about the receivers
-    (a 150 ms pause every 3 s gave 10-25 ms errors against the sink's clock in both of them).
-    The recording shows it (`PacedOutput.disturbances`); such a run is repeated, at most
-    ATTEMPTS times, and the test fails if the machine never let one through.
-    """
+    """One undisturbed run of the scenario (tests/paced.py `undisturbed` says why: a machine
+    that pauses stops the paced sink too). The scenario manages its own paced output, so the
+    repetition is here; at most ATTEMPTS runs."""
     runs = []
     for attempt in range(ATTEMPTS):
         run = scenario(directory / f"attempt{attempt}", kinds, seconds=SECONDS, burst=burst)
         if not run.disturbed:
             return run
         runs.append(run.disturbances)
-    pytest.fail(f"the machine disturbed the recording in all {ATTEMPTS} attempts: {runs}")
+    pytest.fail(f"the machine paused under the recording in all {ATTEMPTS} attempts: {runs}")
 
 
 def report(run: Run) -> str:

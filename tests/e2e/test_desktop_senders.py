@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import RATE, TEST30, read_wav, test_clip, trim_silence
+from tests.e2e.conftest import RATE, TEST30, Daemon, read_wav, test_clip, trim_silence
 from tests.e2e.desktop_senders import PIPEWIRE_MIN_QUANTUM, PipeWire, PulseAudio
 from tests.e2e.ns_process import NsProcess, wait_for
 from tests.e2e.packet_capture import Tcpdump
@@ -31,7 +31,7 @@ from tests.e2e.sender_matrix import (
 )
 from tests.e2e.wire_audio import read_capture, rtsp_exchange, wire_audio
 from tests.net.conftest import Lan, two_host_lan
-from tests.paced import paced_output
+from tests.paced import PacedOutput, undisturbed
 from tests.senders_doc import sender_rows
 
 CLIP_START_S = 5.0
@@ -439,18 +439,22 @@ def latency_ms(log: str) -> int:
 
 
 def test_pipewire_250_ms_sender_plays_30_s_paced_without_underflow(raopd, lan, pipewire, tmp_path):
-    with paced_output(tmp_path / "paced") as paced:
+    pcap = tmp_path / "session.pcap"
+
+    def play(paced: PacedOutput) -> Daemon:
         env = {**paced.env, "RAOPD_STATISTICS_INTERVAL": str(STATS_INTERVAL_S)}
         daemon = raopd("--device", paced.device(0), "--statistics", env=env)
         daemon.wait_ready()
-        pcap = tmp_path / "session.pcap"
         with Tcpdump(lan.b, lan.b_if, pcap):
             with pipewire.raop_sink(lan.a_ip, 5000, raop_encryption_type="RSA") as node:
                 pipewire.play(node, TEST30)
             daemon.wait_log(r"ended: ")
         code, _ = daemon.stop()
         assert code == 0
-        recording = paced.output(0)
+        return daemon
+
+    daemon, paced = undisturbed(play, tmp_path / "paced")
+    recording = paced.output(0)
     log = daemon.log
     assert latency_ms(log) == 250
     assert_clean_paced_play(log, 30)
@@ -463,7 +467,8 @@ def test_pipewire_250_ms_sender_plays_30_s_paced_without_underflow(raopd, lan, p
 
 def test_pyatv_2_s_sender_plays_30_s_paced_without_underflow(raopd, pyatv_sender, tmp_path):
     source = trim_silence(read_wav(TEST30))
-    with paced_output(tmp_path / "paced") as paced:
+
+    def play(paced: PacedOutput) -> Daemon:
         env = {**paced.env, "RAOPD_STATISTICS_INTERVAL": str(STATS_INTERVAL_S)}
         daemon = raopd("--device", paced.device(0), "--statistics", env=env)
         daemon.wait_ready()
@@ -472,7 +477,10 @@ def test_pyatv_2_s_sender_plays_30_s_paced_without_underflow(raopd, pyatv_sender
         daemon.wait_log(r"ended: ")
         code, _ = daemon.stop()
         assert code == 0
-        recording = paced.output(0)
+        return daemon
+
+    daemon, paced = undisturbed(play, tmp_path / "paced")
+    recording = paced.output(0)
     log = daemon.log
     assert latency_ms(log) >= 1500
     assert_clean_paced_play(log, 30)

@@ -18,7 +18,7 @@ import pytest
 
 from raopd.tools.sender import RaopSender, SenderOptions
 from tests.e2e.daemon import DEVICE_ID, Daemon, statistics
-from tests.paced import paced_output
+from tests.paced import PacedOutput, undisturbed
 
 SECONDS = 12.0  # long enough for dozens of batches and statistics lines; CI time is shared
 
@@ -31,9 +31,10 @@ def noise(seconds: float, seed: int) -> np.ndarray:
 @pytest.mark.parametrize(("latency_frames", "name"), [(0, "250"), (77175, "2000")])
 def test_sender_plays_clean_on_a_paced_output(tmp_path: Path, latency_frames: int, name: str):
     source = noise(SECONDS, seed=latency_frames)
-    with paced_output(tmp_path) as paced:
+
+    def play(paced: PacedOutput) -> Daemon:
         daemon = Daemon(
-            tmp_path,
+            paced.directory,
             ["--device", paced.device(0), "--statistics"],
             env={**paced.env, "RAOPD_STATISTICS_INTERVAL": "2"},
             to_file=False,
@@ -58,7 +59,10 @@ def test_sender_plays_clean_on_a_paced_output(tmp_path: Path, latency_frames: in
                 await daemon.stop()
 
         asyncio.run(run())
-        recording = paced.output(0)
+        return daemon
+
+    daemon, paced = undisturbed(play, tmp_path)
+    recording = paced.output(0)
     log = daemon.log
     budgets = [line for line in log if "] latency " in line]
     assert budgets and f"latency {name} ms" in budgets[-1], budgets
