@@ -15,7 +15,7 @@ import numpy as np
 
 from raopd.tools.sender import RaopSender, SenderOptions
 from tests.e2e.daemon import DEVICE_ID, Daemon, statistics
-from tests.paced import paced_output
+from tests.paced import PacedOutput, undisturbed
 
 SECONDS = 8.0
 FORGED = (230, 260, 290)  # timing requests answered forged: while the audio plays
@@ -43,9 +43,10 @@ class ForgingSender(RaopSender):
 def test_forged_timing_replies_are_rejected_and_counted(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     source = rng.integers(-20000, 20000, size=(int(SECONDS * 44100), 2)).astype(np.int16)
-    with paced_output(tmp_path) as paced:
+
+    def play(paced: PacedOutput) -> tuple[Daemon, ForgingSender]:
         daemon = Daemon(
-            tmp_path,
+            paced.directory,
             ["--device", paced.device(0), "--statistics"],
             env={**paced.env, "RAOPD_STATISTICS_INTERVAL": "1"},
             to_file=False,
@@ -70,7 +71,10 @@ def test_forged_timing_replies_are_rejected_and_counted(tmp_path: Path) -> None:
                 await daemon.stop()
 
         asyncio.run(run())
-        recording = paced.output(0)
+        return daemon, sender
+
+    (daemon, sender), paced = undisturbed(play, tmp_path)
+    recording = paced.output(0)
     assert sender.requests > max(FORGED)
     stats = [s for s in statistics(daemon.log) if s.get("Packets", "0") != "0"]
     assert stats, daemon.log
