@@ -54,12 +54,14 @@ def raopd_ok(figures: dict, why: str) -> None:
 
 # How far this rig's delay reading (the `pulse` plugin's snd_pcm_delay, PulseAudio's latency
 # estimate) lets a receiver that follows it be off the sender's timeline, or off another one,
-# over 20 s: two ideal players on it were 0.49-5.93 ms apart at p99 (docs/alsa-delay.md), and
-# in one undisturbed CI run two raopd, each holding its own error at 0.24-0.36 ms median, were
-# 2.05 and 0.55 ms off at the median and 2.83 ms apart, their readings wandering by 5 ms
-# within 10 s (the drift each learnt from them: +389 and -319 ppm, on one sink). Quiet runs
-# here: 0.24-1.17 ms off, -0.54..+0.32 ms apart.
-RIG_READING_MS = 3.0
+# over 20 s on a shared host: two ideal players on it were 0.49-5.93 ms apart at p99
+# (docs/alsa-delay.md). Undisturbed fresh-clone CI runs here (host steal <= 20 ms): two raopd,
+# each holding its own error under 0.9 ms median, were up to 6.2 ms off the sender's timeline
+# at the median and up to 3.5 ms apart, one's reading 13 ms off the recording at its worst;
+# quiet runs: 0.24-1.17 ms off, -0.54..+0.32 ms apart. The limit catches what the issue was
+# about (19-31 ms median errors with resyncs), not the rig's wander; benchmarks/sync_live.py
+# on a quiet machine measures the accuracy.
+RIG_READING_MS = 10.0
 
 
 def test_two_raopd_on_a_good_sender_agree(tmp_path: Path) -> None:
