@@ -361,11 +361,6 @@ class Run:
             "disturbances": asdict(self.disturbances) if self.disturbances else None,
         }
 
-    @property
-    def disturbed(self) -> bool:
-        """The machine paused under the recording: the receivers cannot be judged on it."""
-        return self.disturbances is not None and self.disturbances.machine_paused
-
 
 def scenario(
     directory: Path,
@@ -403,7 +398,8 @@ def scenario(
         while time.monotonic() < until:
             time.sleep(0.1)
         chunk = _chunk_frames(paced)
-        disturbances = paced.disturbances()
+        clock = paced.sink_clock()
+        disturbances = paced.disturbances(clock)
         np.save(directory / "recorder_stamps.npy", np.array(paced._stamps, dtype=float))
         outputs = [paced.output(index) for index in range(2)]
         logs = []
@@ -419,7 +415,7 @@ def scenario(
         walked = walk(src, recorded)
         found = walked.position >= 0
         heard = np.full(len(src), np.nan)
-        heard[found] = paced.render_times(walked.position[found]) + chunk / RATE
+        heard[found] = clock.times(walked.position[found]) + chunk / RATE
         heard_at.append(heard)
         settled = found & (meant >= meant[0] + 2.0)
         np.save(directory / f"error{receiver.output}.npy", (heard - meant)[:: RATE // 10])

@@ -188,23 +188,23 @@ class PacedOutput:
         origin = float(np.min(times - slope * ends))
         return origin, float(slope)
 
-    def render_times(self, frames: np.ndarray, window: float = 1.0) -> np.ndarray:
-        """When each recorded frame in `frames` (indices) was rendered, on the monotonic clock.
-
-        Unlike `frame_times()`, this follows a sink whose clock steps (`sink_clock`).
-        """
+    def sink_clock(self, window: float = 1.0) -> SinkClock:
+        """The sink's frame-to-time relation so far; unlike `frame_times()`, it follows a sink
+        whose clock steps (`sink_clock`)."""
         times, ends = self._stamp_arrays()
-        return sink_clock(times, ends, window).times(frames)
+        return sink_clock(times, ends, window)
 
-    def disturbances(self, window: float = 1.0, step: float = 0.001) -> Disturbances:
+    def disturbances(self, clock: SinkClock | None = None, step: float = 0.001) -> Disturbances:
         """How far the machine disturbed the recording itself: the longest time between two
-        reads (a paused machine: nothing ran, the receivers' output thread included) and the
-        steps of the sink's clock (s) larger than `step`, counted and summed."""
+        reads (a paused machine: nothing ran, the receivers' output thread included), the
+        most CPU time the host took at once (`StealWatch`), and the steps of the sink's clock
+        (s) larger than `step`, counted and summed. `clock`: this recording's `sink_clock()`,
+        if the caller has it already."""
         times, ends = self._stamp_arrays()
-        clock = sink_clock(times, ends, window)
+        clock = clock or sink_clock(times, ends)
         # The last window's reads have too few after them for a tight bound, and the sink
         # settles its timing in its first 0.1 s (8 ms steps there in quiet runs): not steps.
-        span = window / clock.period
+        span = clock.window / clock.period
         settled = (ends[1:] >= ends[0] + span) & (ends[1:] <= ends[-1] - span)
         jumps = np.abs(np.diff(clock.tightest))
         at = np.flatnonzero(settled & (jumps > step))
@@ -242,6 +242,8 @@ class SinkClock:
     """Frames recorded by each read."""
     period: float
     """Seconds per frame."""
+    window: float
+    """Seconds after a frame whose reads bound its time."""
     tightest: np.ndarray
     """Per read: the tightest bound on the time of frame 0 from the reads within the window
     after it (steps where the sink lost time)."""
@@ -264,7 +266,7 @@ def sink_clock(times: np.ndarray, ends: np.ndarray, window: float = 1.0) -> Sink
     """
     period = _period(times, ends)
     bounds = times - ends * period  # each read's bound on the time of frame 0
-    return SinkClock(ends, period, _forward_minimum(ends, bounds, window / period))
+    return SinkClock(ends, period, window, _forward_minimum(ends, bounds, window / period))
 
 
 def _period(times: np.ndarray, ends: np.ndarray) -> float:
@@ -405,23 +407,36 @@ def paced_output(directory: Path, outputs: int = 1) -> Iterator[PacedOutput]:
             paced._steal.stop()
 
 
-def undisturbed(
-    play: Callable[[PacedOutput], T], directory: Path, outputs: int = 1, attempts: int = 3
-) -> tuple[T, PacedOutput]:
-    """`play(paced)` on a fresh paced output, repeated (at most `attempts` times) while the
-    machine paused under it; fails if it never let one through.
+def until_undisturbed(
+    run: Callable[[Path], tuple[T, Disturbances]], directory: Path, attempts: int = 3
+) -> T:
+    """`run(attempt_directory)`, repeated (at most `attempts` times) while the machine paused
+    under it (`Disturbances.machine_paused`); fails if it never let one through.
 
     A machine that stops everything for a moment (a shared CI host) stops the paced sink too,
     and the sink loses time; a DAC does not, so such a run says nothing about a receiver.
-    The recording shows it (`Disturbances.machine_paused`). What `play` returns and the
-    paced output (its recording stays readable) of the undisturbed run are returned.
+    `run` returns its result and what the machine did during it; the result of the first
+    undisturbed run is returned.
     """
     seen = []
     for attempt in range(attempts):
-        with paced_output(directory / f"attempt{attempt}", outputs) as paced:
-            result = play(paced)
-        disturbances = paced.disturbances()
+        result, disturbances = run(directory / f"attempt{attempt}")
         if not disturbances.machine_paused:
-            return result, paced
+            return result
         seen.append(disturbances)
     pytest.fail(f"the machine paused under the recording in all {attempts} attempts: {seen}")
+
+
+def undisturbed(
+    play: Callable[[PacedOutput], T], directory: Path, outputs: int = 1, attempts: int = 3
+) -> tuple[T, PacedOutput]:
+    """`play(paced)` on a fresh paced output until the machine leaves a run alone
+    (`until_undisturbed`): what `play` returned and the paced output (its recording stays
+    readable)."""
+
+    def run(attempt_directory: Path) -> tuple[tuple[T, PacedOutput], Disturbances]:
+        with paced_output(attempt_directory, outputs) as paced:
+            result = play(paced)
+        return (result, paced), paced.disturbances()
+
+    return until_undisturbed(run, directory, attempts)

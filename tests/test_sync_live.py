@@ -10,25 +10,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.live_sync import Run, scenario
+from tests.paced import Disturbances, until_undisturbed
 
 SECONDS = 20.0
-ATTEMPTS = 3
 
 
 def measured(directory: Path, kinds: tuple[str, str], burst: float = 0.0) -> Run:
-    """One undisturbed run of the scenario (tests/paced.py `undisturbed` says why: a machine
-    that pauses stops the paced sink too). The scenario manages its own paced output, so the
-    repetition is here; at most ATTEMPTS runs."""
-    runs = []
-    for attempt in range(ATTEMPTS):
-        run = scenario(directory / f"attempt{attempt}", kinds, seconds=SECONDS, burst=burst)
-        if not run.disturbed:
-            return run
-        runs.append(run.disturbances)
-    pytest.fail(f"the machine paused under the recording in all {ATTEMPTS} attempts: {runs}")
+    """One undisturbed run of the scenario (`until_undisturbed`: a machine that pauses stops
+    the paced sink too); the scenario runs its own paced output."""
+
+    def run(attempt_directory: Path) -> tuple[Run, Disturbances]:
+        result = scenario(attempt_directory, kinds, seconds=SECONDS, burst=burst)
+        assert result.disturbances is not None
+        return result, result.disturbances
+
+    return until_undisturbed(run, directory)
 
 
 def report(run: Run) -> str:
